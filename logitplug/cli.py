@@ -1,0 +1,242 @@
+"""Command line: ``logitplug train | generate | quickstart | env``. Thin wrappers over the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adapt a black-box LM to a task through its next-token log-probabilities.")
+
+
+def _help(cls: type, name: str) -> str:
+    for f in fields(cls):
+        if f.name == name:
+            return f.metadata.get("help", "")
+    raise KeyError(name)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _load_bb(name: str):
+    from .blackbox import load_blackbox
+
+    try:
+        return load_blackbox(name)
+    except (FileNotFoundError, ModuleNotFoundError, KeyError, ValueError) as e:
+        _fail(str(e))
+
+
+def _examples(path: Path, input_column: str, target_column: Optional[str]):
+    from .data import DataError, load_table
+
+    try:
+        return load_table(path, input_column, target_column)
+    except (DataError, FileNotFoundError) as e:
+        _fail(str(e))
+
+
+from .data import TEMPLATES as _TEMPLATES  # noqa: E402
+from .decode import GenerationConfig as _G  # noqa: E402
+from .reweighter import ReweighterConfig as _R  # noqa: E402
+from .train import TrainConfig as _T  # noqa: E402
+
+_TEMPLATE_HELP = f"prompt template: a name ({', '.join(sorted(_TEMPLATES))}) or text with {{input}}"
+
+
+@app.command()
+def train(
+    train_file: Path = typer.Option(..., help="CSV/TSV/JSONL with training examples"),
+    output_dir: Path = typer.Option(..., help=_help(_T, "output_dir")),
+    blackbox: str = typer.Option("smollm2-135m", help="registered name, model folder or .gguf file"),
+    eval_file: Optional[Path] = typer.Option(None, help="held-out examples for early stopping (default: split off train)"),
+    eval_fraction: float = typer.Option(0.4, help="fraction of distinct inputs held out when --eval-file is not given"),
+    input_column: str = typer.Option("input", help="column holding the task input"),
+    target_column: str = typer.Option("target", help="column holding the target text"),
+    template: str = typer.Option("plain", help=_TEMPLATE_HELP),
+    chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
+    epochs: int = typer.Option(80, help=_help(_T, "epochs")),
+    batch_size: int = typer.Option(8, help=_help(_T, "batch_size")),
+    lr: float = typer.Option(5e-4, help=_help(_T, "lr")),
+    weight_decay: float = typer.Option(0.01, help=_help(_T, "weight_decay")),
+    patience: int = typer.Option(3, help=_help(_T, "patience")),
+    max_length: int = typer.Option(256, help=_help(_T, "max_length")),
+    rule: str = typer.Option("product", help=_help(_T, "rule")),
+    layers: int = typer.Option(1, help=_help(_R, "num_layers")),
+    hidden: int = typer.Option(256, help=_help(_R, "hidden_size")),
+    heads: int = typer.Option(4, help=_help(_R, "num_heads")),
+    ffn: int = typer.Option(1024, help=_help(_R, "intermediate_size")),
+    zero_init_head: bool = typer.Option(False, help=_help(_R, "zero_init_head")),
+    init_from: Optional[str] = typer.Option(None, help=_help(_R, "init_from")),
+    cache: bool = typer.Option(True, help=_help(_T, "cache")),
+    cache_dir: Optional[str] = typer.Option(None, help=_help(_T, "cache_dir")),
+    cache_top_k: int = typer.Option(64, help=_help(_T, "cache_top_k")),
+    checkpoint_every: int = typer.Option(200, help=_help(_T, "checkpoint_every")),
+    max_steps: int = typer.Option(0, help=_help(_T, "max_steps")),
+    seed: int = typer.Option(0, help=_help(_T, "seed")),
+) -> None:
+    """Train a plugin for a black box on (input, target) examples. Ctrl-C saves a checkpoint;
+    the same command resumes it."""
+    from .data import get_template, split_by_input
+    from .reweighter import ReweighterConfig
+    from .train import TrainConfig, TrainingInterrupted
+    from .train import train as run_train
+
+    try:
+        tmpl = get_template(template, chat=chat)
+        tcfg = TrainConfig(
+            output_dir=str(output_dir), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            patience=patience, max_length=max_length, rule=rule, cache=cache, cache_dir=cache_dir,  # type: ignore[arg-type]
+            cache_top_k=cache_top_k, checkpoint_every=checkpoint_every, max_steps=max_steps, seed=seed,
+        )
+        rcfg = ReweighterConfig(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=ffn,
+                                zero_init_head=zero_init_head, init_from=init_from)
+    except ValueError as e:
+        _fail(str(e))
+    train_rows = _examples(train_file, input_column, target_column)
+    if eval_file is not None:
+        eval_rows = _examples(eval_file, input_column, target_column)
+    else:
+        if not 0 < eval_fraction < 1:
+            _fail(f"--eval-fraction must be in (0, 1), got {eval_fraction}")
+        eval_rows, train_rows = split_by_input(train_rows, eval_fraction, seed)
+        if not eval_rows or not train_rows:
+            _fail("too few distinct inputs to split off a held-out set; pass --eval-file")
+    bb = _load_bb(blackbox)
+    from .data import DataError
+
+    try:
+        result = run_train(bb, train_rows, eval_rows, tmpl, tcfg, rcfg)
+    except TrainingInterrupted as e:
+        typer.secho(str(e), fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130)
+    except (DataError, ValueError, FileExistsError) as e:
+        _fail(str(e))
+    typer.echo(
+        f"plugin saved to {result.plugin_dir}: held-out loss {result.best_loss:.4f} per token "
+        f"(black box alone {result.blackbox_loss:.4f})"
+    )
+
+
+@app.command()
+def generate(
+    input_file: Path = typer.Option(..., help="CSV/TSV/JSONL with inputs"),
+    output: Path = typer.Option(..., help="JSONL file to write (input, output, finish_reason per line)"),
+    blackbox: str = typer.Option("smollm2-135m", help="registered name, model folder or .gguf file"),
+    plugin: Optional[Path] = typer.Option(None, help="trained plugin folder; omit for the black box alone"),
+    input_column: str = typer.Option("input", help="column holding the task input"),
+    template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP + " (default: the plugin's, else 'plain')"),
+    chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
+    rule: str = typer.Option("product", help="combination rule: product, mixture, reweighter, blackbox"),
+    alpha: float = typer.Option(1.0, help="product-rule strength"),
+    strategy: str = typer.Option("greedy", help=_help(_G, "strategy")),
+    max_new_tokens: int = typer.Option(64, help=_help(_G, "max_new_tokens")),
+    temperature: float = typer.Option(1.0, help=_help(_G, "temperature")),
+    top_p: float = typer.Option(1.0, help=_help(_G, "top_p")),
+    num_beams: int = typer.Option(4, help=_help(_G, "num_beams")),
+    repetition_penalty: float = typer.Option(1.1, help=_help(_G, "repetition_penalty")),
+    repetition_scope: str = typer.Option("generated", help=_help(_G, "repetition_scope")),
+    stop: list[str] = typer.Option([], help="stop string (repeatable)"),
+    batch_size: int = typer.Option(8, help=_help(_G, "batch_size")),
+    seed: int = typer.Option(0, help=_help(_G, "seed")),
+) -> None:
+    """Generate with a black box, adapted by a plugin when --plugin is given."""
+    from .combine import get_rule
+    from .data import PromptTemplate, encode_prompt, get_template
+    from .decode import Decoder, GenerationConfig
+    from .reweighter import Reweighter, TokenizerMismatchError, read_sidecar
+
+    try:
+        gcfg = GenerationConfig(
+            strategy=strategy, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,  # type: ignore[arg-type]
+            num_beams=num_beams, repetition_penalty=repetition_penalty, repetition_scope=repetition_scope,  # type: ignore[arg-type]
+            stop_strings=tuple(stop), batch_size=batch_size, seed=seed,
+        )
+        kwargs = {"alpha": alpha} if rule == "product" else {}
+        combination = get_rule(rule, **kwargs)
+    except ValueError as e:
+        _fail(str(e))
+    tmpl = None
+    if template is not None:
+        tmpl = get_template(template, chat=chat)
+    elif plugin is not None and (plugin / "logitplug.json").exists():
+        tmpl = PromptTemplate(**read_sidecar(plugin)["template"])
+    else:
+        tmpl = get_template("plain", chat=chat)
+    rows = _examples(input_file, input_column, None)
+    bb = _load_bb(blackbox)
+    rw = None
+    if plugin is not None:
+        try:
+            rw = Reweighter.from_pretrained(plugin, bb.fingerprint)
+        except (FileNotFoundError, TokenizerMismatchError) as e:
+            _fail(str(e))
+    elif combination.needs_reweighter:
+        combination = get_rule("blackbox")
+    decoder = Decoder(bb, rw, combination, gcfg)
+    prompts = [encode_prompt(bb.tokenizer, tmpl, r.input) for r in rows]
+    results = decoder.generate_ids(prompts, progress=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", encoding="utf-8") as f:
+        for r, g in zip(rows, results):
+            f.write(json.dumps({"input": r.input, "output": g.text, "finish_reason": g.finish_reason}) + "\n")
+    typer.echo(f"wrote {len(results)} generations to {output}")
+
+
+@app.command()
+def quickstart(
+    data_dir: Optional[Path] = typer.Option(None, help="data folder (default: $LOGITPLUG_DATA or ../shared/data)"),
+    output_dir: Path = typer.Option(Path("runs/quickstart"), help="where the plugin and results go"),
+    blackbox: str = typer.Option("smollm2-135m", help="black box to adapt"),
+    train_rows: int = typer.Option(1200, help="training rows taken from the paper's 60% train part"),
+    eval_rows: int = typer.Option(300, help="early-stopping rows taken from the paper's 40% part"),
+    test_inputs: int = typer.Option(200, help="distinct test inputs to generate for and score"),
+    epochs: int = typer.Option(6, help="maximum epochs"),
+    seed: int = typer.Option(0, help="seed for splits, initialization and data order"),
+) -> None:
+    """The main job: adapt a black box to E2E NLG (cleaned) and compare with zero-shot."""
+    from .quickstart import run_quickstart
+
+    try:
+        run_quickstart(data_dir, output_dir, blackbox, train_rows, eval_rows, test_inputs, epochs, seed)
+    except FileNotFoundError as e:
+        _fail(str(e))
+
+
+@app.command()
+def env() -> None:
+    """Print versions, devices and registered models (paste into bug reports)."""
+    import platform
+
+    import torch
+    import transformers
+
+    from . import __version__
+    from .blackbox import REGISTRY, logitplug_home
+
+    typer.echo(f"logitplug {__version__} | python {platform.python_version()} | torch {torch.__version__} | "
+               f"transformers {transformers.__version__}")
+    typer.echo(f"device: {'cuda ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'} "
+               f"({torch.get_num_threads()} threads)")
+    typer.echo(f"LOGITPLUG_HOME: {logitplug_home()}")
+    for name, m in REGISTRY.items():
+        ready = (logitplug_home() / "models" / name / "config.json").exists()
+        typer.echo(f"  {name:14s} {'converted' if ready else 'not converted yet'} - {m.description}")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

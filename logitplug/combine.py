@@ -1,0 +1,166 @@
+"""Combination rules: how black-box log-probs and reweighter logits become one distribution.
+
+One rule, one small class, one signature: ``rule(bb_logprobs, rw_logits) -> logprobs``, all
+tensors (..., V). Inputs are never changed in place; outputs are normalized log-probabilities.
+The benchmark runner swaps rules by name through ``RULES``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+
+class CombinationRule(ABC):
+    """Base class: ``needs_reweighter`` says whether ``rw_logits`` may be None."""
+
+    name: ClassVar[str]
+    needs_reweighter: ClassVar[bool] = True
+
+    @abstractmethod
+    def __call__(self, bb_logprobs: torch.Tensor, rw_logits: torch.Tensor | None) -> torch.Tensor:
+        """Normalized log-probs (..., V) from black-box log-probs and reweighter logits (..., V)."""
+
+    def signature(self) -> str:
+        return f"rule:{self.name}"
+
+
+class ProductRule(CombinationRule):
+    """The paper's normalized product of experts: ``log_softmax(z_bb + alpha * z_r)``.
+
+    Args:
+        alpha (float, default 1.0): strength of the reweighting; 1.0 is the paper's rule, 0.0
+            gives the black box back.
+
+    Examples:
+        >>> import torch
+        >>> bb = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0]]), -1)
+        >>> rw = torch.tensor([[0.0, 3.0, 0.0]])
+        >>> ProductRule()(bb, rw).exp().argmax(-1).tolist()
+        [1]
+        >>> torch.allclose(ProductRule(alpha=0.0)(bb, rw), bb)
+        True
+    """
+
+    name = "product"
+
+    def __init__(self, alpha: float = 1.0):
+        if not math.isfinite(alpha):
+            raise ValueError(f"ProductRule alpha must be a finite number, got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def __call__(self, bb_logprobs, rw_logits):
+        if rw_logits is None:
+            raise ValueError("ProductRule needs reweighter logits, got None")
+        return torch.log_softmax(bb_logprobs.float() + self.alpha * rw_logits.float(), dim=-1)
+
+    def signature(self) -> str:
+        return f"rule:product|alpha:{self.alpha:g}"
+
+
+class BlackBoxOnly(CombinationRule):
+    """The black box alone (zero-shot baseline); the reweighter is ignored.
+
+    Examples:
+        >>> import torch
+        >>> bb = torch.log_softmax(torch.tensor([[1.0, 2.0]]), -1)
+        >>> torch.allclose(BlackBoxOnly()(bb, None), bb)
+        True
+    """
+
+    name = "blackbox"
+    needs_reweighter = False
+
+    def __call__(self, bb_logprobs, rw_logits):
+        return torch.log_softmax(bb_logprobs.float(), dim=-1)
+
+
+class ReweighterOnly(CombinationRule):
+    """The small model alone: its logits, normalized (the paper's mixture with a = 1).
+
+    Examples:
+        >>> import torch
+        >>> ReweighterOnly()(torch.zeros(1, 2), torch.tensor([[0.0, 0.0]])).exp().tolist()
+        [[0.5, 0.5]]
+    """
+
+    name = "reweighter"
+
+    def __call__(self, bb_logprobs, rw_logits):
+        if rw_logits is None:
+            raise ValueError("ReweighterOnly needs reweighter logits, got None")
+        return torch.log_softmax(rw_logits.float(), dim=-1)
+
+
+class MixtureRule(CombinationRule):
+    """The paper's "weighted" baseline: ``p = weight * p_small + (1 - weight) * p_bb``, in log space.
+
+    Args:
+        weight (float, default 0.5): mixture weight of the small model, in [0, 1].
+
+    Examples:
+        >>> import torch
+        >>> bb = torch.log(torch.tensor([[1.0, 0.0]]))
+        >>> rw = torch.tensor([[0.0, 0.0]])
+        >>> MixtureRule(0.5)(bb, rw).exp().tolist()
+        [[0.75, 0.25]]
+    """
+
+    name = "mixture"
+
+    def __init__(self, weight: float = 0.5):
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"MixtureRule weight must be in [0, 1], got {weight!r}")
+        self.weight = float(weight)
+
+    def __call__(self, bb_logprobs, rw_logits):
+        if rw_logits is None:
+            raise ValueError("MixtureRule needs reweighter logits, got None")
+        log_w = math.log(self.weight) if self.weight > 0 else -math.inf
+        log_1w = math.log1p(-self.weight) if self.weight < 1 else -math.inf
+        small = torch.log_softmax(rw_logits.float(), dim=-1) + log_w
+        big = torch.log_softmax(bb_logprobs.float(), dim=-1) + log_1w
+        return torch.logaddexp(small, big)
+
+    def signature(self) -> str:
+        return f"rule:mixture|weight:{self.weight:g}"
+
+
+RULES: dict[str, type[CombinationRule]] = {
+    cls.name: cls for cls in (ProductRule, BlackBoxOnly, ReweighterOnly, MixtureRule)
+}
+
+
+def get_rule(name: str, **kwargs: Any) -> CombinationRule:
+    """A rule by name, e.g. ``get_rule("product", alpha=1.0)``."""
+    if name not in RULES:
+        raise ValueError(f"unknown combination rule {name!r}; choose one of {sorted(RULES)}")
+    return RULES[name](**kwargs)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x <= 0, stable at both ends; -inf where x >= 0."""
+    x = x.clamp(max=0.0)
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def densify_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Full log-probs (..., V) from a top-k support (..., k): the mass outside the support is
+    spread uniformly over the other V - k tokens (the least-informative completion).
+
+    Examples:
+        >>> import torch
+        >>> dense = densify_topk(torch.tensor([[0]]), torch.log(torch.tensor([[0.5]])), 3)
+        >>> [round(p, 3) for p in dense.exp()[0].tolist()]
+        [0.5, 0.25, 0.25]
+    """
+    k = ids.shape[-1]
+    if k >= vocab_size:
+        out = torch.full((*ids.shape[:-1], vocab_size), -math.inf, dtype=torch.float32, device=ids.device)
+        return out.scatter(-1, ids.long(), logprobs.float())
+    rest = log1mexp(torch.logsumexp(logprobs.float(), dim=-1, keepdim=True)) - math.log(vocab_size - k)
+    out = rest.expand(*ids.shape[:-1], vocab_size).clone()
+    return out.scatter(-1, ids.long(), logprobs.float())

@@ -1,0 +1,255 @@
+"""Task examples, prompt templates, and turning (prompt, target) pairs into training tensors.
+
+Every method (zero-shot, plugin, baselines) renders prompts through the same ``PromptTemplate``
+so that differences in results come from the method, not from the prompt.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DATA_ENV = "LOGITPLUG_DATA"
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as given (missing columns, empty, untokenizable)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One task input with its training target and, for evaluation, all its references."""
+
+    input: str
+    target: str | None = None
+    references: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How an input becomes a prompt. ``{input}`` marks the input; ``chat`` wraps it in the
+    tokenizer's chat template (instruct models). ``target_prefix`` joins prompt and target."""
+
+    name: str
+    text: str
+    chat: bool = False
+    target_prefix: str = " "
+
+    def __post_init__(self) -> None:
+        if "{input}" not in self.text:
+            raise ValueError(f"prompt template {self.name!r} must contain '{{input}}', got {self.text!r}")
+
+    def render(self, input_text: str, tokenizer: Any = None) -> str:
+        prompt = self.text.replace("{input}", input_text)
+        if self.chat:
+            if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+                raise ValueError(f"template {self.name!r} uses a chat template but the tokenizer has none")
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+        return prompt
+
+    @property
+    def prefix(self) -> str:
+        return "" if self.chat else self.target_prefix
+
+
+_E2E_INSTRUCTION = (
+    "Please convert the following attributes into a coherent sentence. Do not provide an explanation.\n"
+    "Attributes: {input}\nSentence:"
+)
+
+TEMPLATES: dict[str, PromptTemplate] = {
+    "e2e": PromptTemplate("e2e", _E2E_INSTRUCTION),
+    "e2e-chat": PromptTemplate("e2e-chat", _E2E_INSTRUCTION.rsplit("\n", 1)[0], chat=True),
+    "plain": PromptTemplate("plain", "{input}"),
+}
+
+
+def get_template(name_or_text: str, chat: bool = False) -> PromptTemplate:
+    """A template by registered name, or an ad-hoc one from text containing ``{input}``."""
+    if name_or_text in TEMPLATES:
+        return TEMPLATES[name_or_text]
+    if "{input}" not in name_or_text:
+        raise ValueError(
+            f"unknown prompt template {name_or_text!r}: give one of {sorted(TEMPLATES)} or a text containing '{{input}}'"
+        )
+    return PromptTemplate("custom", name_or_text.replace("\\n", "\n"), chat=chat)
+
+
+# ---- reading files ----------------------------------------------------------------------------
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    if path.suffix.lower() in (".jsonl", ".json"):
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        return rows
+    if path.suffix.lower() in (".csv", ".tsv"):
+        with path.open(encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+    raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .tsv or .jsonl")
+
+
+def load_table(path: str | Path, input_column: str = "input", target_column: str | None = "target") -> list[Example]:
+    """Examples from a CSV/TSV/JSONL file with named input and (optional) target columns."""
+    path = Path(path)
+    rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"{path} holds no rows")
+    columns = set(rows[0])
+    wanted = [input_column] + ([target_column] if target_column else [])
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; the file has columns {sorted(columns)}")
+    return [
+        Example(str(r[input_column]), None if target_column is None else str(r[target_column] or ""))
+        for r in rows
+    ]
+
+
+def group_by_input(examples: Iterable[Example]) -> list[Example]:
+    """One example per distinct input, with every target of that input as its references."""
+    groups: OrderedDict[str, list[str]] = OrderedDict()
+    for ex in examples:
+        refs = groups.setdefault(ex.input, [])
+        refs.extend(ex.references or ([ex.target] if ex.target else []))
+    return [Example(inp, refs[0] if refs else None, tuple(refs)) for inp, refs in groups.items()]
+
+
+def split_by_input(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Split rows so that all rows of one input land on the same side (no input leaks)."""
+    inputs = list(OrderedDict.fromkeys(ex.input for ex in examples))
+    random.Random(seed).shuffle(inputs)
+    first = set(inputs[: round(len(inputs) * fraction)])
+    return [ex for ex in examples if ex.input in first], [ex for ex in examples if ex.input not in first]
+
+
+def find_data_dir(explicit: str | Path | None = None) -> Path:
+    """The data folder: ``explicit``, else $LOGITPLUG_DATA, else a ``shared/data`` beside the checkout."""
+    candidates = [Path(explicit)] if explicit else []
+    if os.environ.get(DATA_ENV):
+        candidates.append(Path(os.environ[DATA_ENV]))
+    here = Path(__file__).resolve().parent.parent
+    candidates += [Path.cwd() / "../shared/data", here / "../shared/data"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    raise FileNotFoundError(
+        "no data folder found: pass --data-dir, set LOGITPLUG_DATA, or place the files in ../shared/data "
+        "(layout and public sources: see README.md, 'Data')"
+    )
+
+
+E2E_CLEANED_FILES = {"train": "train-fixed.no-ol.csv", "validation": "devel-fixed.no-ol.csv", "test": "test-fixed.csv"}
+
+
+def load_e2e_cleaned(split: str, data_dir: str | Path | None = None) -> list[Example]:
+    """E2E NLG cleaned (Dušek et al. 2019), one Example per (MR, reference) row."""
+    if split not in E2E_CLEANED_FILES:
+        raise ValueError(f"E2E split must be one of {sorted(E2E_CLEANED_FILES)}, got {split!r}")
+    path = find_data_dir(data_dir) / "e2e_cleaned" / E2E_CLEANED_FILES[split]
+    if not path.exists():
+        raise FileNotFoundError(
+            f"E2E cleaned file missing: {path}. Get it from github.com/tuetschek/e2e-cleaning, folder cleaned-data/ "
+            "(see README.md, 'Data')"
+        )
+    return load_table(path, "mr", "ref")
+
+
+def e2e_paper_splits(data_dir: str | Path | None = None, seed: int = 0) -> dict[str, list[Example]]:
+    """The paper's E2E protocol: train on 60% of the validation split's inputs, early-stop on the
+    other 40%, test on the test split (grouped by input, all references kept)."""
+    train, early_stop = split_by_input(load_e2e_cleaned("validation", data_dir), 0.6, seed)
+    return {"train": train, "validation": early_stop, "test": group_by_input(load_e2e_cleaned("test", data_dir))}
+
+
+# ---- tokenization -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """Token ids of prompt + target + EOS; positions >= prompt_len are the trained targets."""
+
+    input_ids: tuple[int, ...]
+    prompt_len: int
+
+
+def encode_prompt(tokenizer: Any, template: PromptTemplate, input_text: str, max_length: int | None = None) -> list[int]:
+    """Prompt token ids; longer than ``max_length`` -> truncated from the left with a warning."""
+    ids = tokenizer(template.render(input_text, tokenizer), add_special_tokens=True)["input_ids"]
+    if max_length is not None and len(ids) > max_length:
+        logger.warning("prompt of %d tokens truncated from the left to %d (context limit)", len(ids), max_length)
+        ids = ids[-max_length:]
+    return list(ids)
+
+
+def encode_example(tokenizer: Any, template: PromptTemplate, example: Example, max_length: int) -> EncodedExample:
+    """Prompt and target tokenized separately (exactly as generation will see them), EOS appended."""
+    if example.target is None:
+        raise DataError(f"example has no target: {example.input[:80]!r}")
+    target = tokenizer(template.prefix + example.target, add_special_tokens=False)["input_ids"]
+    if not example.target.strip() or not target:
+        raise DataError(f"target tokenizes to nothing for input {example.input[:80]!r}")
+    target = list(target) + [tokenizer.eos_token_id]
+    if len(target) >= max_length:
+        raise DataError(
+            f"target of {len(target)} tokens does not fit the context of {max_length} tokens: {example.target[:80]!r}"
+        )
+    prompt = encode_prompt(tokenizer, template, example.input, max_length - len(target))
+    return EncodedExample(tuple(prompt + target), len(prompt))
+
+
+def encode_all(tokenizer: Any, template: PromptTemplate, examples: Sequence[Example], max_length: int) -> list[EncodedExample]:
+    if not examples:
+        raise DataError("no training examples given")
+    out = []
+    for i, ex in enumerate(examples):
+        try:
+            out.append(encode_example(tokenizer, template, ex, max_length))
+        except DataError as e:
+            raise DataError(f"row {i}: {e}") from None
+    return out
+
+
+def collate(batch: Sequence[EncodedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors. ``target_mask`` (B, T) marks positions whose *next* token is a target.
+
+    Masking by lengths, never by pad id: SmolLM2 pads with its EOS id, and masking by pad id
+    would silently drop the appended EOS target.
+    """
+    width = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    target_mask = torch.zeros((len(batch), width), dtype=torch.bool)
+    for i, e in enumerate(batch):
+        n = len(e.input_ids)
+        input_ids[i, :n] = torch.tensor(e.input_ids)
+        attention_mask[i, :n] = 1
+        target_mask[i, e.prompt_len - 1 : n - 1] = True
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "target_mask": target_mask}
+
+
+def targets_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The next-token ids (N,) at the True entries of ``target_mask``, in row-major order."""
+    nxt = torch.roll(batch["input_ids"], shifts=-1, dims=1)
+    return nxt[batch["target_mask"]]

@@ -1,0 +1,208 @@
+"""The plugin: a small causal transformer whose logits reweight the black box token by token.
+
+Built from transformers' ``LlamaConfig`` so KV caching, attention kernels and checkpoints come
+from a well-kept library; everything specific to reweighting (vocabulary pinned to the black box,
+zero-initialized head, the artifact format with its tokenizer check) lives here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from .. import _lm
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "reweighter_config.json"
+WEIGHTS_NAME = "model.safetensors"
+SIDECAR_NAME = "logitplug.json"
+README_NAME = "README.md"
+
+
+class TokenizerMismatchError(ValueError):
+    """A plugin or cache made for one tokenizer was offered to a black box with another."""
+
+
+@dataclass
+class ReweighterConfig:
+    """Shape and initialization of the reweighter (defaults: the paper's 1-layer network)."""
+
+    num_layers: int = field(default=1, metadata={"help": "transformer blocks (the paper uses 1)"})
+    hidden_size: int = field(default=256, metadata={"help": "width of the residual stream"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads; must divide hidden_size"})
+    intermediate_size: int = field(default=1024, metadata={"help": "feed-forward width"})
+    max_positions: int = field(default=1024, metadata={"help": "longest sequence (prompt + response) in tokens"})
+    tie_embeddings: bool = field(default=False, metadata={"help": "share input embedding and output head"})
+    zero_init_head: bool = field(
+        default=False, metadata={"help": "start with all-zero reweighting, i.e. exactly the black box"}
+    )
+    init_from: str | None = field(
+        default=None, metadata={"help": "folder of a pretrained causal LM with the black box's tokenizer to start from"}
+    )
+    vocab_size: int = field(default=0, metadata={"help": "set from the black box; never by hand"})
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "max_positions"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ReweighterConfig.{name} must be a positive integer, got {value!r}")
+        if self.init_from is None and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"ReweighterConfig.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ReweighterConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            logger.warning("ignoring unknown reweighter config keys (saved by a newer version?): %s", unknown)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _llama_config(cfg: ReweighterConfig, tokenizer: Any) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_dropout=0.0,
+        bos_token_id=getattr(tokenizer, "bos_token_id", None),
+        eos_token_id=getattr(tokenizer, "eos_token_id", None),
+        pad_token_id=getattr(tokenizer, "pad_token_id", None),
+    )
+
+
+class Reweighter(nn.Module):
+    """Unnormalized reweighting logits z_r over the black box's vocabulary.
+
+    ``forward`` returns logits (B, T, V), or (N, V) at the selected positions only: during
+    training only response positions need the vocabulary head.
+    """
+
+    def __init__(self, config: ReweighterConfig, lm: nn.Module):
+        super().__init__()
+        self.config = config
+        self.lm = lm
+
+    @classmethod
+    def build(cls, config: ReweighterConfig, vocab_size: int, tokenizer: Any = None, seed: int = 0) -> "Reweighter":
+        """A fresh reweighter for a black box with ``vocab_size`` outputs."""
+        config.vocab_size = int(vocab_size)
+        torch.manual_seed(seed)
+        if config.init_from:
+            lm = AutoModelForCausalLM.from_pretrained(config.init_from, dtype=torch.float32)
+            got = lm.get_output_embeddings().weight.shape[0]
+            if got != vocab_size:
+                raise TokenizerMismatchError(
+                    f"init_from model {config.init_from} has {got} output tokens but the black box has {vocab_size}; "
+                    "it must use the black box's tokenizer"
+                )
+        else:
+            lm = LlamaForCausalLM(_llama_config(config, tokenizer))
+        if config.zero_init_head:
+            head = lm.get_output_embeddings()
+            if config.tie_embeddings:
+                raise ValueError("zero_init_head=True needs tie_embeddings=False (a zero head would zero the embeddings)")
+            nn.init.zeros_(head.weight)
+            if getattr(head, "bias", None) is not None:
+                nn.init.zeros_(head.bias)
+        return cls(config, lm)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return _lm.selected_logits(self.lm, input_ids, attention_mask, select).float()
+
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, _lm.StepState]:
+        logits, state = _lm.prefill(self.lm, input_ids, attention_mask)
+        return logits.float(), state
+
+    def step(self, state: _lm.StepState, next_tokens: torch.Tensor) -> torch.Tensor:
+        return _lm.step(self.lm, state, next_tokens).float()
+
+    # ---- artifacts ---------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path, blackbox_fingerprint: str, extra: dict[str, Any] | None = None) -> Path:
+        """Write config, safetensors weights, a sidecar (black box + tokenizer hash) and a README card."""
+        from .. import __version__
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        cfg = self.config.to_dict()
+        cfg["llm_config"] = self.lm.config.to_dict()
+        (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.lm.state_dict().items()}
+        if self.config.tie_embeddings:
+            state.pop("lm_head.weight", None)
+        save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
+        sidecar = {"blackbox": blackbox_fingerprint, "logitplug_version": __version__, **(extra or {})}
+        (path / SIDECAR_NAME).write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str))
+        (path / README_NAME).write_text(
+            f"# logitplug reweighter\n\nA plugin for the black box `{blackbox_fingerprint}`.\n\n"
+            f"- layers {self.config.num_layers}, hidden {self.config.hidden_size}, heads {self.config.num_heads}\n"
+            f"- parameters {sum(p.numel() for p in self.parameters()):,}\n"
+            f"- logitplug {__version__}\n\n"
+            "Load with `logitplug.Reweighter.from_pretrained(path, blackbox=...)`.\n"
+        )
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, blackbox_fingerprint: str | None = None) -> "Reweighter":
+        """Load a saved plugin; refuse it when ``blackbox_fingerprint``'s tokenizer differs from the saved one."""
+        path = Path(path)
+        for name in (CONFIG_NAME, WEIGHTS_NAME, SIDECAR_NAME):
+            if not (path / name).exists():
+                raise FileNotFoundError(f"{path} is not a logitplug plugin folder: {name} is missing")
+        sidecar = read_sidecar(path)
+        if blackbox_fingerprint is not None:
+            check_same_tokenizer(sidecar["blackbox"], blackbox_fingerprint, what=f"plugin {path}")
+        raw = json.loads((path / CONFIG_NAME).read_text())
+        llm_config = LlamaConfig.from_dict(raw.pop("llm_config"))
+        config = ReweighterConfig.from_dict({**raw, "init_from": None})
+        config.init_from = raw.get("init_from")
+        lm = AutoModelForCausalLM.from_config(llm_config, dtype=torch.float32)
+        state = load_file(str(path / WEIGHTS_NAME))
+        missing, unexpected = lm.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (k == "lm_head.weight" and llm_config.tie_word_embeddings)]
+        if missing or unexpected:
+            raise ValueError(f"plugin weights in {path} do not match its config: missing {missing}, unexpected {unexpected}")
+        if llm_config.tie_word_embeddings:
+            lm.tie_weights()
+        return cls(config, lm)
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / SIDECAR_NAME).read_text())
+
+
+def check_same_tokenizer(saved: str, current: str, what: str) -> None:
+    """Refuse an artifact whose black-box tokenizer hash differs from the current black box's."""
+    saved_tok, current_tok = saved.rsplit("|tok:", 1)[-1], current.rsplit("|tok:", 1)[-1]
+    if saved_tok != current_tok:
+        raise TokenizerMismatchError(
+            f"{what} was made for black box '{saved}' but the black box given is '{current}': "
+            "their tokenizers differ, so token ids would mean different things. Train a new plugin for this black box."
+        )
+    if saved != current:
+        logger.warning("%s was trained with black box %s; using it with %s (same tokenizer)", what, saved, current)

@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from logitplug.combine import (
+    BlackBoxOnly, MixtureRule, ProductRule, ReweighterOnly, densify_topk, get_rule, log1mexp,
+)
+
+
+def _reference_product(bb, rw, alpha=1.0):
+    z = bb.double() + alpha * rw.double()
+    finite = z.masked_fill(torch.isinf(z), -1e300)
+    m = finite.max(-1, keepdim=True).values
+    return z - (m + torch.log(torch.exp(z - m).sum(-1, keepdim=True)))
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
+def test_product_matches_float64_reference(scale):
+    g = torch.Generator().manual_seed(0)
+    bb = torch.log_softmax(torch.randn(6, 50, generator=g) * scale, -1)
+    rw = torch.randn(6, 50, generator=g) * scale
+    bb[0, :10] = -math.inf  # tokens the black box rules out
+    bb[1, 3] = -math.inf
+    out = ProductRule()(bb, rw)
+    ref = _reference_product(bb, rw)
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(out), finite)
+    assert torch.allclose(out[finite].double(), ref[finite], atol=1e-4 * max(1.0, scale / 100), rtol=1e-5)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(6), atol=1e-5)
+
+
+def test_product_does_not_modify_inputs_and_alpha_zero_is_blackbox():
+    bb = torch.log_softmax(torch.randn(3, 7), -1)
+    rw = torch.randn(3, 7)
+    bb0, rw0 = bb.clone(), rw.clone()
+    out = ProductRule(alpha=0.0)(bb, rw)
+    assert torch.equal(bb, bb0) and torch.equal(rw, rw0)
+    assert torch.allclose(out, bb, atol=1e-6)
+
+
+def test_mixture_matches_probability_space():
+    bb = torch.log_softmax(torch.randn(4, 9), -1)
+    rw = torch.randn(4, 9)
+    for w in (0.0, 0.25, 1.0):
+        ref = torch.log(w * torch.softmax(rw.double(), -1) + (1 - w) * bb.double().exp())
+        assert torch.allclose(MixtureRule(w)(bb, rw).double(), ref, atol=1e-6)
+    assert torch.allclose(ReweighterOnly()(bb, rw), torch.log_softmax(rw, -1))
+    assert torch.allclose(BlackBoxOnly()(bb, None), bb, atol=1e-6)
+
+
+def test_bad_arguments_fail_at_construction():
+    with pytest.raises(ValueError, match="weight must be in"):
+        MixtureRule(1.5)
+    with pytest.raises(ValueError, match="alpha"):
+        ProductRule(alpha=float("nan"))
+    with pytest.raises(ValueError, match="unknown combination rule 'nope'"):
+        get_rule("nope")
+    with pytest.raises(ValueError, match="needs reweighter"):
+        ProductRule()(torch.zeros(1, 3), None)
+
+
+def test_densify_topk_keeps_support_exact_and_mass_one():
+    full = torch.log_softmax(torch.randn(5, 40), -1)
+    vals, ids = full.topk(8, -1)
+    dense = densify_topk(ids, vals, 40)
+    assert torch.allclose(dense.gather(-1, ids), vals)
+    assert torch.allclose(dense.exp().sum(-1), torch.ones(5), atol=1e-5)
+    rest = dense.exp().sum(-1) - vals.exp().sum(-1)
+    assert torch.allclose(rest, 1 - vals.exp().sum(-1), atol=1e-5)
+
+
+def test_log1mexp_is_stable():
+    x = torch.tensor([-1e-10, -1e-3, -0.5, -5.0, -50.0, 0.0], dtype=torch.float64)
+    ref = torch.log(1 - torch.exp(x))
+    out = log1mexp(x)
+    assert torch.allclose(out[:-1], ref[:-1], rtol=1e-6)
+    assert out[-1] == -math.inf

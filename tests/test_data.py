@@ -1,0 +1,83 @@
+import json
+
+import pytest
+
+from logitplug.data import (
+    DataError, Example, PromptTemplate, collate, encode_all, encode_example, get_template, group_by_input,
+    load_table, split_by_input, targets_of,
+)
+from tiny import tiny_tokenizer
+
+TEMPLATE = PromptTemplate("t", "Attributes: {input}\nSentence:")
+
+
+def test_collate_keeps_eos_target_even_when_pad_equals_eos():
+    tok = tiny_tokenizer()
+    enc = encode_example(tok, TEMPLATE, Example("name[Aromi]", "Aromi is a coffee shop."), 64)
+    assert enc.input_ids[-1] == tok.eos_token_id
+    batch = collate([enc, encode_example(tok, TEMPLATE, Example("x", "Aromi."), 64)], pad_id=tok.eos_token_id)
+    targets = targets_of(batch)
+    n_first = len(enc.input_ids) - enc.prompt_len
+    assert targets[:n_first].tolist() == list(enc.input_ids[enc.prompt_len:])
+    assert targets[n_first - 1] == tok.eos_token_id
+    assert int(batch["target_mask"].sum()) == len(targets)
+
+
+def test_prompt_and_target_tokenized_separately_like_generation():
+    tok = tiny_tokenizer()
+    enc = encode_example(tok, TEMPLATE, Example("name[Aromi]", "Aromi is nice."), 64)
+    prompt = tok(TEMPLATE.render("name[Aromi]"))["input_ids"]
+    assert list(enc.input_ids[: enc.prompt_len]) == prompt
+
+
+def test_long_prompt_is_cut_from_the_left_with_warning(caplog):
+    tok = tiny_tokenizer()
+    enc = encode_example(tok, TEMPLATE, Example("Aromi " * 200, "Aromi."), 40)
+    assert len(enc.input_ids) == 40
+    assert "truncated from the left" in caplog.text
+
+
+def test_bad_targets_and_empty_data_are_refused():
+    tok = tiny_tokenizer()
+    with pytest.raises(DataError, match="row 1: target tokenizes to nothing"):
+        encode_all(tok, TEMPLATE, [Example("a", "b"), Example("a", "  ")], 64)
+    with pytest.raises(DataError, match="no training examples"):
+        encode_all(tok, TEMPLATE, [], 64)
+    with pytest.raises(DataError, match="does not fit"):
+        encode_example(tok, TEMPLATE, Example("a", "Aromi " * 100), 20)
+
+
+def test_load_table_csv_jsonl_and_errors(tmp_path):
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("mr,ref\nA,x\nB,y\n")
+    rows = load_table(csv_path, "mr", "ref")
+    assert rows == [Example("A", "x"), Example("B", "y")]
+    with pytest.raises(DataError, match=r"missing column\(s\) \['input'\].*\['mr', 'ref'\]"):
+        load_table(csv_path, "input", "ref")
+    jl = tmp_path / "d.jsonl"
+    jl.write_text(json.dumps({"input": "q", "target": "a"}) + "\n")
+    assert load_table(jl) == [Example("q", "a")]
+    empty = tmp_path / "e.csv"
+    empty.write_text("input,target\n")
+    with pytest.raises(DataError, match="holds no rows"):
+        load_table(empty)
+    with pytest.raises(FileNotFoundError, match="data file not found"):
+        load_table(tmp_path / "missing.csv")
+
+
+def test_split_and_grouping_by_input():
+    rows = [Example(f"in{i % 10}", f"t{i}") for i in range(40)]
+    a, b = split_by_input(rows, 0.6, seed=3)
+    assert len(a) + len(b) == 40
+    assert not {r.input for r in a} & {r.input for r in b}
+    assert len({r.input for r in a}) == 6
+    assert split_by_input(rows, 0.6, seed=3) == (a, b)
+    grouped = group_by_input(rows)
+    assert len(grouped) == 10 and all(len(g.references) == 4 for g in grouped)
+
+
+def test_templates():
+    assert get_template("e2e").name == "e2e"
+    with pytest.raises(ValueError, match="unknown prompt template"):
+        get_template("nonsense")
+    assert get_template("Q: {input}\\nA:").render("x") == "Q: x\nA:"

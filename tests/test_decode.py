@@ -1,0 +1,124 @@
+import pytest
+import torch
+from transformers import LogitsProcessorList
+
+from logitplug.combine import BlackBoxOnly, ProductRule
+from logitplug.decode import Decoder, GenerationConfig, PluginLogitsProcessor, apply_repetition_penalty
+from logitplug.reweighter import Reweighter, ReweighterConfig
+from tiny import tiny_blackbox
+
+PROMPTS = ["name[Aromi], area[city centre]\n", "Blue Spice serves", "The Eagle is a family friendly pub near the"]
+
+
+def _setup():
+    bb = tiny_blackbox(seed=1)
+    rw = Reweighter.build(ReweighterConfig(hidden_size=32, num_heads=2, intermediate_size=64, num_layers=2),
+                          bb.vocab_size, bb.tokenizer, seed=2)
+    with torch.no_grad():  # a random head is too flat to matter; make the reweighting strong
+        rw.lm.lm_head.weight.mul_(40)
+    ids = [bb.tokenizer(p)["input_ids"] for p in PROMPTS]
+    return bb, rw, ids
+
+
+def _hf_generate(bb, ids, processors, max_new_tokens, **kw):
+    width = max(len(r) for r in ids)
+    pad = bb.tokenizer.pad_token_id
+    inp = torch.tensor([[pad] * (width - len(r)) + r for r in ids])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])
+    out = bb.model.generate(
+        input_ids=inp, attention_mask=mask, logits_processor=LogitsProcessorList(processors(mask)),
+        do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=bb.tokenizer.eos_token_id,
+        pad_token_id=pad, repetition_penalty=None, **kw,
+    )
+    rows = []
+    for row in out[:, width:].tolist():
+        rows.append(row[: row.index(bb.tokenizer.eos_token_id) + 1] if bb.tokenizer.eos_token_id in row else row)
+    return rows
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.1])
+def test_logits_processor_adapter_matches_our_greedy_loop(penalty):
+    bb, rw, ids = _setup()
+    ours = Decoder(bb, rw, ProductRule(), GenerationConfig(max_new_tokens=16, repetition_penalty=penalty)).generate_ids(ids)
+    theirs = _hf_generate(bb, ids, lambda m: [PluginLogitsProcessor(rw, repetition_penalty=penalty, attention_mask=m)], 16)
+    assert [g.token_ids for g in ours] == theirs
+    # and the plugin really changes the output (the test would be vacuous otherwise)
+    plain = Decoder(bb, None, BlackBoxOnly(), GenerationConfig(max_new_tokens=16)).generate_ids(ids)
+    assert [g.token_ids for g in plain] != theirs
+
+
+def test_blackbox_alone_matches_transformers_greedy():
+    bb, _, ids = _setup()
+    ours = Decoder(bb, None, BlackBoxOnly(), GenerationConfig(max_new_tokens=12)).generate_ids(ids)
+    assert [g.token_ids for g in ours] == _hf_generate(bb, ids, lambda m: [], 12)
+
+
+def test_adapter_follows_beam_reordering_in_generate():
+    bb, rw, ids = _setup()
+    out = _hf_generate(bb, ids[:1], lambda m: [PluginLogitsProcessor(rw, attention_mask=m)], 10, num_beams=3)
+    ours = Decoder(bb, rw, ProductRule(), GenerationConfig(max_new_tokens=10, strategy="beam", num_beams=3)).generate_ids(ids[:1])
+    # beam search implementations differ in tie-breaking details; the first tokens must agree
+    assert out[0][:3] == ours[0].token_ids[:3]
+
+
+def test_batching_does_not_change_greedy_output():
+    bb, rw, ids = _setup()
+    batched = Decoder(bb, rw, config=GenerationConfig(max_new_tokens=12, batch_size=3)).generate_ids(ids)
+    single = Decoder(bb, rw, config=GenerationConfig(max_new_tokens=12, batch_size=1)).generate_ids(ids)
+    assert [g.token_ids for g in batched] == [g.token_ids for g in single]
+
+
+def test_sampling_is_seeded():
+    bb, rw, ids = _setup()
+    run = lambda seed: [g.token_ids for g in Decoder(  # noqa: E731
+        bb, rw, config=GenerationConfig(strategy="sample", max_new_tokens=10, seed=seed, temperature=1.5)).generate_ids(ids)]
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+
+
+def test_beam_search_scores_at_least_as_well_as_greedy_here():
+    bb, rw, ids = _setup()
+    cfg = dict(max_new_tokens=8, length_penalty=0.0)
+    greedy = Decoder(bb, rw, config=GenerationConfig(**cfg)).generate_ids(ids)
+    beam = Decoder(bb, rw, config=GenerationConfig(strategy="beam", num_beams=4, **cfg)).generate_ids(ids)
+
+    @torch.no_grad()
+    def logprob(prompt, tokens):
+        full = torch.tensor([prompt + tokens])
+        rw_logits = rw(full, torch.ones_like(full))[0]
+        lp = ProductRule()(bb.logprobs_at(full, torch.ones_like(full))[0], rw_logits)
+        return sum(float(lp[len(prompt) - 1 + i, t]) for i, t in enumerate(tokens))
+
+    for p, g, b in zip(ids, greedy, beam):
+        if g.finish_reason == b.finish_reason == "length":
+            assert logprob(p, b.token_ids) >= logprob(p, g.token_ids) - 1e-4
+
+
+def test_stop_strings_cut_the_text():
+    bb, rw, ids = _setup()
+    first = Decoder(bb, rw, config=GenerationConfig(max_new_tokens=12)).generate_ids(ids[:1])[0]
+    stop = first.text[len(first.text) // 2:][:3]
+    assert stop.strip()
+    cut = Decoder(bb, rw, config=GenerationConfig(max_new_tokens=12, stop_strings=(stop,))).generate_ids(ids[:1])[0]
+    assert cut.finish_reason == "stop"
+    assert stop not in cut.text and first.text.startswith(cut.text)
+
+
+def test_repetition_penalty_scope_and_arguments():
+    scores = torch.tensor([[-1.0, 2.0, -3.0]])
+    seen = torch.tensor([[True, True, False]])
+    assert apply_repetition_penalty(scores, seen, 2.0).tolist() == [[-2.0, 1.0, -3.0]]
+    with pytest.raises(ValueError, match="top_p must be in"):
+        GenerationConfig(top_p=0.0)
+    with pytest.raises(ValueError, match="strategy must be"):
+        GenerationConfig(strategy="magic")  # type: ignore[arg-type]
+    bb, rw, ids = _setup()
+    with pytest.raises(ValueError, match="leaves no room"):
+        Decoder(bb, rw, config=GenerationConfig(max_new_tokens=5000)).generate_ids(ids)
+
+
+def test_long_prompts_are_cut_to_fit_the_context():
+    bb, rw, ids = _setup()
+    long_prompt = ids[0] * 40  # longer than the tiny model's 256 positions
+    out = Decoder(bb, rw, config=GenerationConfig(max_new_tokens=4)).generate_ids([long_prompt])
+    assert len(out[0].token_ids) <= 4

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from logitplug.reweighter import Reweighter, ReweighterConfig, TokenizerMismatchError
+from tiny import tiny_blackbox
+
+SMALL = dict(hidden_size=32, num_heads=2, intermediate_size=64)
+
+
+def test_save_load_round_trip_gives_same_model(tmp_path):
+    bb = tiny_blackbox()
+    rw = Reweighter.build(ReweighterConfig(num_layers=2, **SMALL), bb.vocab_size, bb.tokenizer, seed=1)
+    rw.save_pretrained(tmp_path / "p", bb.fingerprint, {"note": "x"})
+    back = Reweighter.from_pretrained(tmp_path / "p", bb.fingerprint)
+    assert back.config == rw.config
+    ids = torch.randint(0, bb.vocab_size, (2, 9))
+    mask = torch.ones_like(ids)
+    assert torch.equal(rw(ids, mask), back(ids, mask))
+    assert {p.name for p in (tmp_path / "p").iterdir()} >= {"model.safetensors", "reweighter_config.json", "logitplug.json", "README.md"}
+
+
+def test_plugin_for_another_tokenizer_is_refused(tmp_path):
+    bb = tiny_blackbox()
+    other = tiny_blackbox(vocab_size=300, identity="other-bb")
+    rw = Reweighter.build(ReweighterConfig(**SMALL), bb.vocab_size, bb.tokenizer)
+    rw.save_pretrained(tmp_path / "p", bb.fingerprint)
+    with pytest.raises(TokenizerMismatchError, match="tokenizers differ"):
+        Reweighter.from_pretrained(tmp_path / "p", other.fingerprint)
+    with pytest.raises(FileNotFoundError, match="not a logitplug plugin folder"):
+        Reweighter.from_pretrained(tmp_path / "nothing", bb.fingerprint)
+
+
+def test_zero_init_head_starts_exactly_at_the_blackbox():
+    bb = tiny_blackbox()
+    rw = Reweighter.build(ReweighterConfig(zero_init_head=True, **SMALL), bb.vocab_size, bb.tokenizer)
+    ids = torch.randint(0, bb.vocab_size, (1, 5))
+    assert torch.count_nonzero(rw(ids, torch.ones_like(ids))) == 0
+
+
+def test_selected_positions_match_full_forward():
+    bb = tiny_blackbox()
+    rw = Reweighter.build(ReweighterConfig(**SMALL), bb.vocab_size, bb.tokenizer)
+    ids = torch.randint(0, bb.vocab_size, (2, 6))
+    mask = torch.ones_like(ids)
+    select = torch.zeros_like(ids, dtype=torch.bool)
+    select[0, 2], select[1, 4] = True, True
+    assert torch.allclose(rw(ids, mask, select), rw(ids, mask)[select], atol=1e-6)
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        ReweighterConfig(hidden_size=30, num_heads=4)
+    with pytest.raises(ValueError, match="num_layers must be a positive integer"):
+        ReweighterConfig(num_layers=0)
