@@ -1,0 +1,100 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from logitplug.data import Example, PromptTemplate, encode_prompt
+from logitplug.decode import Decoder, GenerationConfig
+from logitplug.reweighter import Reweighter, ReweighterConfig
+from logitplug.train import TrainConfig, TrainingInterrupted, train
+from tiny import tiny_blackbox
+
+TEMPLATE = PromptTemplate("t", "Attributes: {input}\nSentence:")
+WORDS = ["Aromi", "Blue Spice", "The Eagle", "Cotto", "Zizzi", "Wildwood", "Fitzbillies", "Alimentum"]
+EXAMPLES = [Example(f"name[{w}], n[{i}]", f"{w} is place {i} near the river.") for i, w in enumerate(WORDS)]
+SMALL = ReweighterConfig(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128)
+
+
+def _config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "plugin"), cache_dir=str(tmp_path / "cache"), batch_size=4, lr=1e-2,
+                weight_decay=0.0, warmup_ratio=0.0, progress=False, patience=1000, checkpoint_every=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_plugin_overfits_eight_examples_and_greedy_reproduces_them(tmp_path):
+    bb = tiny_blackbox()
+    result = train(bb, EXAMPLES, EXAMPLES, TEMPLATE, _config(tmp_path, epochs=120), SMALL)
+    assert result.best_loss < 0.05 < result.blackbox_loss
+    rw = Reweighter.from_pretrained(result.plugin_dir, bb.fingerprint)
+    prompts = [encode_prompt(bb.tokenizer, TEMPLATE, e.input) for e in EXAMPLES]
+    for strategy in ("greedy", "beam"):
+        gens = Decoder(bb, rw, config=GenerationConfig(max_new_tokens=40, strategy=strategy, num_beams=3)).generate_ids(prompts)
+        assert [g.text for g in gens] == [e.target for e in EXAMPLES]
+        assert all(g.finish_reason == "eos" for g in gens)
+    assert not (result.plugin_dir / "checkpoint").exists()
+    with pytest.raises(FileExistsError, match="already holds a trained plugin"):
+        train(bb, EXAMPLES, EXAMPLES, TEMPLATE, _config(tmp_path, epochs=1), SMALL)
+
+
+def test_interrupted_training_resumes_to_the_same_result(tmp_path):
+    bb = tiny_blackbox()
+    reference = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "a", epochs=4), SMALL)
+
+    def interrupt(state):
+        if state.global_step == 5:  # mid-epoch 3 (2 steps per epoch with batch 4)
+            raise KeyboardInterrupt
+
+    cfg = _config(tmp_path / "b", epochs=4)
+    with pytest.raises(TrainingInterrupted, match="Run the same command again"):
+        train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL, callbacks=[interrupt])
+    assert (Path(cfg.output_dir) / "checkpoint" / "trainer_state.json").exists()
+    resumed = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL)
+    assert [h["eval_loss"] for h in resumed.history] == pytest.approx([h["eval_loss"] for h in reference.history], rel=1e-6)
+    a = load_file(str(reference.plugin_dir / "model.safetensors"))
+    b = load_file(str(resumed.plugin_dir / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_on_the_fly_and_cached_training_agree_when_cache_is_complete(tmp_path):
+    bb = tiny_blackbox()
+    exact = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "a", epochs=2, cache=False), SMALL)
+    cached = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE,
+                   _config(tmp_path / "b", epochs=2, cache_top_k=bb.vocab_size), SMALL)
+    assert exact.history[-1]["eval_loss"] == pytest.approx(cached.history[-1]["eval_loss"], rel=1e-4)
+    assert cached.cache_hits > 0
+
+
+def test_bad_inputs(tmp_path):
+    bb = tiny_blackbox()
+    with pytest.raises(ValueError, match="held-out"):
+        train(bb, EXAMPLES, [], TEMPLATE, _config(tmp_path, epochs=1), SMALL)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        _config(tmp_path, lr=0.0)
+
+
+def test_same_command_runs_under_torchrun_with_two_processes(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_train import EXAMPLES, TEMPLATE, SMALL, _config\n"
+        "from tiny import tiny_blackbox\n"
+        "from logitplug.train import train\n"
+        "from pathlib import Path\n"
+        f"r = train(tiny_blackbox(), EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(Path({str(tmp_path)!r}), epochs=3), SMALL)\n"
+        "print('RESULT', r.best_loss, r.blackbox_loss)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561", str(script)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert len(losses) == 2 and losses[0] == losses[1]  # both ranks agree on the reduced held-out loss
+    assert float(losses[0][0]) < float(losses[0][1])
+    assert (tmp_path / "plugin" / "model.safetensors").exists()
