@@ -1,0 +1,204 @@
+"""Speed benchmark: decoding with and without the plugin, training on the fly vs from the cache.
+
+All ratios come from measurements taken side by side in one run, interleaved (A, B, A, B, ...),
+because the machine is shared and noisy. Peak memory is measured in a fresh child process per
+configuration. Results: benchmarks/results/speed.json and speed.md.
+
+    python benchmarks/speed.py                       # the command behind BENCHMARKS.md
+    python benchmarks/speed.py --plugin runs/quickstart/plugin   # also: cached-vs-exact loss of a trained plugin
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from logitplug import __version__
+from logitplug.blackbox import load_blackbox
+from logitplug.cache import LogProbCache
+from logitplug.combine import BlackBoxOnly, ProductRule
+from logitplug.data import TEMPLATES, collate, e2e_paper_splits, encode_all, encode_prompt, targets_of
+from logitplug.decode import Decoder, GenerationConfig
+from logitplug.reweighter import Reweighter, ReweighterConfig
+from logitplug.train import TrainConfig, train
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _plugin(bb, path: str | None) -> Reweighter:
+    if path:
+        return Reweighter.from_pretrained(path, bb.fingerprint)
+    # speed does not depend on the weights: an untrained plugin of the default shape
+    return Reweighter.build(ReweighterConfig(), bb.vocab_size, bb.tokenizer, seed=0)
+
+
+def decode_speed(bb, plugin, prompts, batch_size: int, repeats: int, max_new_tokens: int) -> dict:
+    """Per-token decoding time, black box alone vs with plugin, interleaved.
+
+    Each method decodes a fixed number of steps (EOS ignored by forcing length via a large
+    max and counting generated tokens), so per-token times compare like with like."""
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, repetition_penalty=1.1)
+    methods = {"blackbox": Decoder(bb, None, BlackBoxOnly(), cfg), "plugin": Decoder(bb, plugin, ProductRule(), cfg)}
+    per_token = {name: [] for name in methods}
+    for name, dec in methods.items():  # warm-up
+        dec.generate_ids(prompts[:batch_size])
+    for _ in range(repeats):
+        for name, dec in methods.items():
+            t0 = time.perf_counter()
+            gens = dec.generate_ids(prompts)
+            seconds = time.perf_counter() - t0
+            # steps actually run per batch = longest row in the batch
+            steps = sum(max(len(g.token_ids) for g in gens[i:i + batch_size]) * len(gens[i:i + batch_size])
+                        for i in range(0, len(gens), batch_size))
+            per_token[name].append(seconds / steps)
+    med = {k: statistics.median(v) for k, v in per_token.items()}
+    return {
+        "batch_size": batch_size, "prompts": len(prompts), "repeats": repeats,
+        "blackbox_tok_s": 1 / med["blackbox"], "plugin_tok_s": 1 / med["plugin"],
+        "plugin_overhead_pct": 100 * (med["plugin"] / med["blackbox"] - 1),
+    }
+
+
+def train_speed(bb, rows, eval_rows, repeats: int) -> dict:
+    """Seconds per epoch on the fly (black box every batch) vs replayed from the cache."""
+    times = {"on_the_fly": [], "cached": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = TrainConfig(output_dir=f"{tmp}/warm", cache_dir=f"{tmp}/cache", epochs=1, progress=False, checkpoint_every=0)
+        train(bb, rows, eval_rows, TEMPLATES["e2e"], warm)  # fills the cache
+        tokens = sum(len(e.input_ids) for e in encode_all(bb.tokenizer, TEMPLATES["e2e"], rows, 256))
+        for r in range(repeats):
+            for mode in ("on_the_fly", "cached"):
+                cfg = TrainConfig(output_dir=f"{tmp}/{mode}{r}", cache_dir=f"{tmp}/cache", cache=mode == "cached",
+                                  epochs=1, progress=False, checkpoint_every=0)
+                res = train(bb, rows, eval_rows, TEMPLATES["e2e"], cfg)
+                times[mode].append(res.history[0]["epoch_seconds"])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "rows": len(rows), "tokens": tokens, "repeats": repeats,
+        "on_the_fly_epoch_s": med["on_the_fly"], "cached_epoch_s": med["cached"],
+        "on_the_fly_tok_s": tokens / med["on_the_fly"], "cached_tok_s": tokens / med["cached"],
+        "cached_speedup": med["on_the_fly"] / med["cached"],
+    }
+
+
+def cache_loss_gap(bb, plugin, rows, top_k: int) -> dict:
+    """Held-out NLL of the combined model: exact black-box log-probs vs the top-k cache."""
+    enc = encode_all(bb.tokenizer, TEMPLATES["e2e"], rows, 256)
+    exact_sum = cached_sum = n = 0.0
+    with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
+        cache = LogProbCache(tmp, bb.fingerprint, bb.vocab_size, top_k)
+        for i in range(0, len(enc), 8):
+            chunk = enc[i:i + 8]
+            b = collate(chunk, 0)
+            full = bb.logprobs_at(b["input_ids"], b["attention_mask"], b["target_mask"])
+            tg = targets_of(b)
+            entries, start = [], 0
+            for e in chunk:
+                k = len(e.input_ids) - e.prompt_len
+                entries.append(cache.put(e, full[start:start + k], tg[start:start + k]))
+                start += k
+            rw = plugin(b["input_ids"], b["attention_mask"], b["target_mask"])
+            exact_sum += float(-ProductRule()(full, rw).gather(-1, tg[:, None]).sum())
+            cached_sum += float(-ProductRule()(cache.dense(entries), rw).gather(-1, tg[:, None]).sum())
+            in_topk = (full.topk(top_k, -1).indices == tg[:, None]).any(-1)
+            n += tg.numel()
+    return {"top_k": top_k, "tokens": int(n), "exact_nll": exact_sum / n, "cached_nll": cached_sum / n,
+            "relative_gap_pct": 100 * (cached_sum - exact_sum) / exact_sum}
+
+
+def _peak_child(kind: str, args: dict, queue) -> None:
+    bb = load_blackbox(args["blackbox"])
+    prompts = args["prompts"]
+    if kind.startswith("decode"):
+        plugin = _plugin(bb, args["plugin"]) if kind == "decode-plugin" else None
+        Decoder(bb, plugin, ProductRule() if plugin else BlackBoxOnly(),
+                GenerationConfig(max_new_tokens=32, batch_size=8)).generate_ids(prompts)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(output_dir=f"{tmp}/p", cache_dir=f"{tmp}/c", cache=kind == "train-cached",
+                              epochs=2, progress=False, checkpoint_every=0)
+            train(bb, args["rows"], args["eval_rows"], TEMPLATES["e2e"], cfg)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            queue.put(int(line.split()[1]) / 1024)
+
+
+def peak_memory(args: dict) -> dict:
+    ctx = mp.get_context("spawn")
+    out = {}
+    for kind in ("decode-blackbox", "decode-plugin", "train-on-the-fly", "train-cached"):
+        q = ctx.Queue()
+        p = ctx.Process(target=_peak_child, args=(kind, args, q))
+        p.start()
+        p.join()
+        out[kind] = round(q.get(), 1) if not q.empty() else None
+    return {"peak_rss_mib": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--blackbox", default="smollm2-135m")
+    ap.add_argument("--plugin", default=None, help="trained plugin folder (default: untrained, default shape)")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-rows", type=int, default=64)
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    bb = load_blackbox(args.blackbox)
+    plugin = _plugin(bb, args.plugin)
+    splits = e2e_paper_splits(seed=0)
+    prompts = [encode_prompt(bb.tokenizer, TEMPLATES["e2e"], ex.input) for ex in splits["test"][: args.prompts]]
+    rows, eval_rows = splits["train"][: args.train_rows], splits["validation"][:16]
+    report = {
+        "command": "python benchmarks/speed.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                                                             if v not in (None, False)),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__, "logitplug": __version__, "blackbox": bb.fingerprint,
+        "plugin": args.plugin or "untrained, default shape (1 layer, hidden 256)",
+        "decode": [decode_speed(bb, plugin, prompts[: (8 if bs == 1 else len(prompts))], bs, args.repeats, args.max_new_tokens)
+                   for bs in (1, 8)],
+        "train": train_speed(bb, rows, eval_rows, args.repeats),
+        "cache_loss_gap": [cache_loss_gap(bb, plugin, splits["validation"][:48], k) for k in (16, 64, 256)],
+    }
+    if not args.skip_memory:
+        report.update(peak_memory({"blackbox": args.blackbox, "plugin": args.plugin, "prompts": prompts[:8],
+                                   "rows": rows[:32], "eval_rows": eval_rows[:8]}))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "speed.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / "speed.md").write_text(to_markdown(report))
+    print(to_markdown(report))
+
+
+def to_markdown(r: dict) -> str:
+    lines = [f"Command: `{r['command']}`  ", f"Black box `{r['blackbox']}`, plugin: {r['plugin']}; {r['machine']}.", "",
+             "| decoding | black box tok/s | + plugin tok/s | plugin overhead |", "|---|---|---|---|"]
+    for d in r["decode"]:
+        lines.append(f"| batch {d['batch_size']} ({d['prompts']} prompts, median of {d['repeats']}) | "
+                     f"{d['blackbox_tok_s']:.1f} | {d['plugin_tok_s']:.1f} | {d['plugin_overhead_pct']:+.1f}% |")
+    t = r["train"]
+    lines += ["", "| training epoch | seconds | tokens/s |", "|---|---|---|",
+              f"| on the fly (black box every batch) | {t['on_the_fly_epoch_s']:.1f} | {t['on_the_fly_tok_s']:.0f} |",
+              f"| from the cache | {t['cached_epoch_s']:.1f} | {t['cached_tok_s']:.0f} |",
+              f"| **cached speed-up** | **{t['cached_speedup']:.1f}x** | ({t['rows']} rows, median of {t['repeats']}) |",
+              "", "| cache top-k | exact NLL/token | cached NLL/token | gap |", "|---|---|---|---|"]
+    for g in r["cache_loss_gap"]:
+        lines.append(f"| {g['top_k']} | {g['exact_nll']:.4f} | {g['cached_nll']:.4f} | {g['relative_gap_pct']:+.2f}% |")
+    if "peak_rss_mib" in r:
+        lines += ["", "| peak memory (fresh process) | MiB |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in r["peak_rss_mib"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

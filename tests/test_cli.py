@@ -1,0 +1,62 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from logitplug.cli import app
+from tiny import tiny_blackbox
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bb_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bb")
+    bb = tiny_blackbox()
+    bb.model.save_pretrained(path)
+    bb.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture()
+def data(tmp_path):
+    rows = [{"mr": f"name[N{i}]", "ref": f"N{i} is a pub."} for i in range(10)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_train_then_generate_round_trip(tmp_path, bb_dir, data):
+    out = tmp_path / "plugin"
+    res = runner.invoke(app, ["train", "--train-file", str(data), "--output-dir", str(out), "--blackbox", str(bb_dir),
+                              "--input-column", "mr", "--target-column", "ref", "--template", "Q: {input}\\nA:",
+                              "--epochs", "2", "--hidden", "32", "--heads", "2", "--ffn", "64",
+                              "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    assert "plugin saved to" in res.output
+    gen_out = tmp_path / "gen.jsonl"
+    res = runner.invoke(app, ["generate", "--input-file", str(data), "--input-column", "mr", "--output", str(gen_out),
+                              "--blackbox", str(bb_dir), "--plugin", str(out), "--max-new-tokens", "5"])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in gen_out.read_text().splitlines()]
+    assert len(lines) == 10 and {"input", "output", "finish_reason"} <= set(lines[0])
+
+
+def test_clear_errors(tmp_path, bb_dir, data):
+    res = runner.invoke(app, ["train", "--train-file", str(data), "--output-dir", str(tmp_path / "o"),
+                              "--blackbox", str(bb_dir)])
+    assert res.exit_code == 2 and "missing column(s) ['input', 'target']" in res.output
+    res = runner.invoke(app, ["train", "--train-file", str(data), "--output-dir", str(tmp_path / "o"),
+                              "--blackbox", str(tmp_path / "no-model"), "--input-column", "mr", "--target-column", "ref"])
+    assert res.exit_code == 2 and "no black box named" in res.output
+    res = runner.invoke(app, ["generate", "--input-file", str(data), "--input-column", "mr", "--output",
+                              str(tmp_path / "g.jsonl"), "--blackbox", str(bb_dir), "--strategy", "magic"])
+    assert res.exit_code == 2 and "strategy must be" in res.output
+
+
+def test_help_is_complete():
+    for cmd in ("train", "generate", "quickstart", "env"):
+        res = runner.invoke(app, [cmd, "--help"])
+        assert res.exit_code == 0
+    res = runner.invoke(app, ["train", "--help"])
+    assert "--weight-decay" in res.output and "--zero-init-head" in res.output

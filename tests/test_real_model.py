@@ -1,0 +1,57 @@
+"""Real-model tests on SmolLM2-135M-Instruct (offline, from the PyPI package). Marked slow."""
+
+import pytest
+import torch
+
+from logitplug.blackbox import load_blackbox
+from logitplug.data import TEMPLATES, e2e_paper_splits, encode_prompt
+from logitplug.decode import Decoder, GenerationConfig
+from logitplug.reweighter import Reweighter, ReweighterConfig
+from logitplug.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_blackbox("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def e2e():
+    return e2e_paper_splits(seed=0)
+
+
+def test_brief_plugin_training_beats_zero_shot_held_out_loss(smollm2, e2e, tmp_path_factory):
+    out = tmp_path_factory.mktemp("real")
+    cfg = TrainConfig(output_dir=str(out / "plugin"), cache_dir=str(out / "cache"), epochs=2, batch_size=8,
+                      lr=5e-4, progress=False, checkpoint_every=0)
+    result = train(smollm2, e2e["train"][:160], e2e["validation"][:48], TEMPLATES["e2e"], cfg, ReweighterConfig())
+    # the held-out rows share no input with the training rows (split by input)
+    assert not {r.input for r in e2e["train"][:160]} & {r.input for r in e2e["validation"][:48]}
+    assert result.best_loss < result.blackbox_loss
+    # the saved plugin loads against the same black box and decodes
+    plugin = Reweighter.from_pretrained(result.plugin_dir, smollm2.fingerprint)
+    prompt = encode_prompt(smollm2.tokenizer, TEMPLATES["e2e"], e2e["test"][0].input)
+    gen = Decoder(smollm2, plugin, config=GenerationConfig(max_new_tokens=24)).generate_ids([prompt])[0]
+    assert gen.token_ids and gen.finish_reason in ("eos", "length")
+
+
+def test_kv_cache_decoding_matches_teacher_forcing_on_smollm2(smollm2, e2e):
+    prompt = encode_prompt(smollm2.tokenizer, TEMPLATES["e2e"], e2e["test"][1].input)
+    gen = Decoder(smollm2, config=GenerationConfig(max_new_tokens=12)).generate_ids([prompt])[0]
+    full = torch.tensor([prompt + gen.token_ids])
+    lp = smollm2.logprobs_at(full, torch.ones_like(full))[0]
+    greedy = lp[len(prompt) - 1: len(prompt) - 1 + len(gen.token_ids)].argmax(-1).tolist()
+    assert greedy == gen.token_ids
+
+
+def test_converted_model_matches_the_gguf_original(smollm2):
+    from logitplug.blackbox.registry import REGISTRY
+
+    gguf = REGISTRY["smollm2-135m"].locate_gguf(None)
+    original = load_blackbox(str(gguf))
+    ids = torch.tensor([smollm2.tokenizer("name[Aromi], eatType[coffee shop]")["input_ids"]])
+    mask = torch.ones_like(ids)
+    assert torch.allclose(original.logprobs_at(ids, mask), smollm2.logprobs_at(ids, mask), atol=1e-4)
+    assert original.fingerprint.split("|tok:")[1] == smollm2.fingerprint.split("|tok:")[1]
