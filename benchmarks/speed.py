@@ -41,11 +41,12 @@ def _plugin(bb, path: str | None) -> Reweighter:
 
 
 def decode_speed(bb, plugin, prompts, batch_size: int, repeats: int, max_new_tokens: int) -> dict:
-    """Per-token decoding time, black box alone vs with plugin, interleaved.
+    """Per-token decoding time (prefill included), black box alone vs with plugin, interleaved.
 
-    Each method decodes a fixed number of steps (EOS ignored by forcing length via a large
-    max and counting generated tokens), so per-token times compare like with like."""
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, repetition_penalty=1.1)
+    Both methods generate exactly ``max_new_tokens`` per prompt (EOS suppressed until then), so
+    the two do the same number of steps and their times compare like with like."""
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, batch_size=batch_size,
+                           repetition_penalty=1.1)
     methods = {"blackbox": Decoder(bb, None, BlackBoxOnly(), cfg), "plugin": Decoder(bb, plugin, ProductRule(), cfg)}
     per_token = {name: [] for name in methods}
     for name, dec in methods.items():  # warm-up
@@ -55,10 +56,7 @@ def decode_speed(bb, plugin, prompts, batch_size: int, repeats: int, max_new_tok
             t0 = time.perf_counter()
             gens = dec.generate_ids(prompts)
             seconds = time.perf_counter() - t0
-            # steps actually run per batch = longest row in the batch
-            steps = sum(max(len(g.token_ids) for g in gens[i:i + batch_size]) * len(gens[i:i + batch_size])
-                        for i in range(0, len(gens), batch_size))
-            per_token[name].append(seconds / steps)
+            per_token[name].append(seconds / sum(len(g.token_ids) for g in gens))
     med = {k: statistics.median(v) for k, v in per_token.items()}
     return {
         "batch_size": batch_size, "prompts": len(prompts), "repeats": repeats,
@@ -108,7 +106,6 @@ def cache_loss_gap(bb, plugin, rows, top_k: int) -> dict:
             rw = plugin(b["input_ids"], b["attention_mask"], b["target_mask"])
             exact_sum += float(-ProductRule()(full, rw).gather(-1, tg[:, None]).sum())
             cached_sum += float(-ProductRule()(cache.dense(entries), rw).gather(-1, tg[:, None]).sum())
-            in_topk = (full.topk(top_k, -1).indices == tg[:, None]).any(-1)
             n += tg.numel()
     return {"top_k": top_k, "tokens": int(n), "exact_nll": exact_sum / n, "cached_nll": cached_sum / n,
             "relative_gap_pct": 100 * (cached_sum - exact_sum) / exact_sum}

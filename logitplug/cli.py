@@ -140,6 +140,7 @@ def generate(
     alpha: float = typer.Option(1.0, help="product-rule strength"),
     strategy: str = typer.Option("greedy", help=_help(_G, "strategy")),
     max_new_tokens: int = typer.Option(64, help=_help(_G, "max_new_tokens")),
+    min_new_tokens: int = typer.Option(0, help=_help(_G, "min_new_tokens")),
     temperature: float = typer.Option(1.0, help=_help(_G, "temperature")),
     top_p: float = typer.Option(1.0, help=_help(_G, "top_p")),
     num_beams: int = typer.Option(4, help=_help(_G, "num_beams")),
@@ -157,7 +158,7 @@ def generate(
 
     try:
         gcfg = GenerationConfig(
-            strategy=strategy, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,  # type: ignore[arg-type]
+            strategy=strategy, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,  # type: ignore[arg-type]
             num_beams=num_beams, repetition_penalty=repetition_penalty, repetition_scope=repetition_scope,  # type: ignore[arg-type]
             stop_strings=tuple(stop), batch_size=batch_size, seed=seed,
         )

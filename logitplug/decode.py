@@ -29,6 +29,7 @@ class GenerationConfig:
 
     strategy: Literal["greedy", "sample", "beam"] = field(default="greedy", metadata={"help": "greedy, sample or beam"})
     max_new_tokens: int = field(default=64, metadata={"help": "most tokens generated per prompt"})
+    min_new_tokens: int = field(default=0, metadata={"help": "EOS is suppressed until this many tokens exist"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature (> 0)"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass in (0, 1]"})
     num_beams: int = field(default=4, metadata={"help": "beam width for strategy=beam"})
@@ -44,6 +45,8 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "sample", "beam"):
             raise ValueError(f"strategy must be 'greedy', 'sample' or 'beam', got {self.strategy!r}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError(f"max_new_tokens and batch_size must be >= 1, got {self.max_new_tokens}, {self.batch_size}")
         if not self.temperature > 0:
@@ -195,6 +198,11 @@ class Decoder:
             seen.scatter_(1, ids * mask, mask.bool())
         return seen
 
+    def _suppress_early_eos(self, logprobs: torch.Tensor, generated: int) -> torch.Tensor:
+        if generated >= self.config.min_new_tokens or self.eos_id is None:
+            return logprobs
+        return logprobs.index_fill(-1, torch.tensor([self.eos_id], device=logprobs.device), -math.inf)
+
     def _stop_hit(self, tokens: list[int]) -> str | None:
         if not self.config.stop_strings:
             return None
@@ -218,8 +226,8 @@ class Decoder:
         seen = self._new_seen(ids, mask)
         out: list[list[int]] = [[] for _ in chunk]
         reason: list[str | None] = [None] * len(chunk)
-        for _ in range(cfg.max_new_tokens):
-            lp = combined.scores(seen)
+        for length in range(cfg.max_new_tokens):
+            lp = self._suppress_early_eos(combined.scores(seen), length)
             nxt = lp.argmax(-1) if cfg.strategy == "greedy" else _sample(lp, cfg, gen)
             nxt = nxt.cpu()
             for i, tok in enumerate(nxt.tolist()):
@@ -252,7 +260,7 @@ class Decoder:
         finished: list[list[tuple[float, list[int], str]]] = [[] for _ in range(n)]
         done = [False] * n
         for length in range(1, cfg.max_new_tokens + 1):
-            lp = combined.scores(seen).cpu()  # (n*nb, V)
+            lp = self._suppress_early_eos(combined.scores(seen), length - 1).cpu()  # (n*nb, V)
             vocab = lp.shape[-1]
             cand = (scores.reshape(-1, 1) + lp).reshape(n, nb * vocab)
             top_scores, top_idx = cand.topk(2 * nb, dim=-1)

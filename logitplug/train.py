@@ -281,19 +281,27 @@ def train(
         ) from None
     accelerator.wait_for_everyone()
 
+    run_info = {"train_config": config.to_dict(), "reweighter_config": rcfg.to_dict(), "template": asdict(template)}
     state = TrainState()
     if resume and (ckpt / STATE_NAME).exists():
+        saved = json.loads((ckpt / STATE_NAME).read_text())
+        saved_run = json.loads(json.dumps(saved.pop("run_info", run_info)))
+        if saved_run != json.loads(json.dumps(run_info)):
+            changed = sorted(k for k in saved_run if saved_run[k] != json.loads(json.dumps(run_info)).get(k))
+            raise ValueError(
+                f"the checkpoint in {ckpt} was made with other settings ({', '.join(changed)} differ); "
+                "rerun with the same settings to resume, or use another --output-dir"
+            )
         accelerator.load_state(str(ckpt))
-        state = TrainState(**json.loads((ckpt / STATE_NAME).read_text()))
+        state = TrainState(**saved)
         accelerator.print(f"resuming from {ckpt}: epoch {state.epoch}, step {state.global_step}")
     out.mkdir(parents=True, exist_ok=True)
-    run_info = {"train_config": config.to_dict(), "reweighter_config": rcfg.to_dict(), "template": asdict(template)}
 
     def save_checkpoint() -> None:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(ckpt))
         if accelerator.is_main_process:
-            (ckpt / STATE_NAME).write_text(json.dumps(asdict(state), indent=2))
+            (ckpt / STATE_NAME).write_text(json.dumps({**asdict(state), "run_info": run_info}, indent=2, default=str))
 
     zero_shot_loss = math.nan
     model.train()

@@ -122,3 +122,11 @@ def test_long_prompts_are_cut_to_fit_the_context():
     long_prompt = ids[0] * 40  # longer than the tiny model's 256 positions
     out = Decoder(bb, rw, config=GenerationConfig(max_new_tokens=4)).generate_ids([long_prompt])
     assert len(out[0].token_ids) <= 4
+
+
+def test_min_new_tokens_suppresses_early_eos():
+    bb, rw, ids = _setup()
+    out = Decoder(bb, rw, config=GenerationConfig(max_new_tokens=6, min_new_tokens=6)).generate_ids(ids)
+    assert all(len(g.token_ids) == 6 and bb.tokenizer.eos_token_id not in g.token_ids for g in out)
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        GenerationConfig(max_new_tokens=3, min_new_tokens=4)

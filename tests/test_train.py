@@ -52,6 +52,8 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     with pytest.raises(TrainingInterrupted, match="Run the same command again"):
         train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL, callbacks=[interrupt])
     assert (Path(cfg.output_dir) / "checkpoint" / "trainer_state.json").exists()
+    with pytest.raises(ValueError, match="other settings"):
+        train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "b", epochs=4, lr=0.5), SMALL)
     resumed = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL)
     assert [h["eval_loss"] for h in resumed.history] == pytest.approx([h["eval_loss"] for h in reference.history], rel=1e-6)
     a = load_file(str(reference.plugin_dir / "model.safetensors"))
