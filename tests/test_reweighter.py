@@ -52,3 +52,18 @@ def test_config_checks():
         ReweighterConfig(hidden_size=30, num_heads=4)
     with pytest.raises(ValueError, match="num_layers must be a positive integer"):
         ReweighterConfig(num_layers=0)
+
+
+def test_init_from_a_pretrained_lm_with_the_same_tokenizer(tmp_path):
+    bb = tiny_blackbox()
+    bb.model.save_pretrained(tmp_path / "lm")
+    rw = Reweighter.build(ReweighterConfig(init_from=str(tmp_path / "lm")), bb.vocab_size, bb.tokenizer)
+    ids = torch.randint(0, bb.vocab_size, (1, 6))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        assert torch.allclose(rw(ids, mask), bb.model(input_ids=ids, attention_mask=mask).logits.float(), atol=1e-5)
+    rw.save_pretrained(tmp_path / "p", bb.fingerprint)
+    assert torch.equal(Reweighter.from_pretrained(tmp_path / "p", bb.fingerprint)(ids, mask), rw(ids, mask))
+    other = tiny_blackbox(vocab_size=300)
+    with pytest.raises(TokenizerMismatchError, match="output tokens"):
+        Reweighter.build(ReweighterConfig(init_from=str(tmp_path / "lm")), other.vocab_size, other.tokenizer)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from .. import _lm
 
@@ -178,7 +178,9 @@ class Reweighter(nn.Module):
         if blackbox_fingerprint is not None:
             check_same_tokenizer(sidecar["blackbox"], blackbox_fingerprint, what=f"plugin {path}")
         raw = json.loads((path / CONFIG_NAME).read_text())
-        llm_config = LlamaConfig.from_dict(raw.pop("llm_config"))
+        llm_dict = raw.pop("llm_config")
+        # any architecture (init_from may be a Gemma, Qwen, ... checkpoint), rebuilt from its model_type
+        llm_config = AutoConfig.for_model(llm_dict.pop("model_type", "llama"), **llm_dict)
         config = ReweighterConfig.from_dict({**raw, "init_from": None})
         config.init_from = raw.get("init_from")
         lm = AutoModelForCausalLM.from_config(llm_config, dtype=torch.float32)
