@@ -12,6 +12,7 @@ import logging
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -294,7 +295,7 @@ def train(
             )
         accelerator.load_state(str(ckpt))
         state = TrainState(**saved)
-        accelerator.print(f"resuming from {ckpt}: epoch {state.epoch}, step {state.global_step}")
+        accelerator.print(f"resuming from {ckpt}: epoch {state.epoch + 1}, step {state.global_step}")
     out.mkdir(parents=True, exist_ok=True)
 
     def save_checkpoint() -> None:
@@ -364,6 +365,7 @@ def train(
                 state.done = True
             save_checkpoint()
     except KeyboardInterrupt:
+        print(file=sys.stderr)  # end the progress bar's line
         if accelerator.num_processes == 1:
             save_checkpoint()
             raise TrainingInterrupted(
