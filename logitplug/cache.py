@@ -37,7 +37,7 @@ class CacheMismatchError(ValueError):
 class LogProbCache:
     """Top-k log-prob cache in ``path`` for one black box; safe for several processes at once."""
 
-    def __init__(self, path: str | Path, blackbox_fingerprint: str, vocab_size: int, top_k: int = 64):
+    def __init__(self, path: str | Path, blackbox_fingerprint: str, vocab_size: int, top_k: int = 256):
         if top_k < 1:
             raise ValueError(f"cache top_k must be >= 1, got {top_k}")
         self.path = Path(path)

@@ -79,7 +79,7 @@ def train(
     init_from: Optional[str] = typer.Option(None, help=_help(_R, "init_from")),
     cache: bool = typer.Option(True, help=_help(_T, "cache")),
     cache_dir: Optional[str] = typer.Option(None, help=_help(_T, "cache_dir")),
-    cache_top_k: int = typer.Option(64, help=_help(_T, "cache_top_k")),
+    cache_top_k: int = typer.Option(256, help=_help(_T, "cache_top_k")),
     checkpoint_every: int = typer.Option(200, help=_help(_T, "checkpoint_every")),
     max_steps: int = typer.Option(0, help=_help(_T, "max_steps")),
     seed: int = typer.Option(0, help=_help(_T, "seed")),
@@ -211,6 +211,50 @@ def quickstart(
         run_quickstart(data_dir, output_dir, blackbox, train_rows, eval_rows, test_inputs, epochs, seed)
     except FileNotFoundError as e:
         _fail(str(e))
+
+
+@app.command("eval")
+def eval_command(
+    generations: Path = typer.Argument(..., help="JSONL with one generation per line (fields: input, output)"),
+    task: str = typer.Option(..., help="task whose references to score against: e2e, e2e-original, webnlg, commongen, adidas"),
+    split: str = typer.Option("test", help="split of the task: train, validation or test"),
+    data_dir: Optional[Path] = typer.Option(None, help="data folder (default: $LOGITPLUG_DATA or ../shared/data)"),
+    seed: int = typer.Option(0, help="seed of the task's split (must match the one used to generate)"),
+    metrics: str = typer.Option("BLEU,NIST,METEOR,ROUGE-1,ROUGE-2,ROUGE-L,CIDEr", help="comma-separated metric names"),
+    output_field: str = typer.Option("output", help="JSONL field holding the generated text"),
+    output: Optional[Path] = typer.Option(None, help="write the scores as JSON here"),
+) -> None:
+    """Score generations against a task split's references (all references per input); E2E also
+    gets the slot error rate."""
+    from .data import group_by_input, load_task
+    from .eval import evaluate, parse_mr, slot_error_rate
+
+    rows = _examples(generations, "input", output_field)
+    try:
+        splits = load_task(task, data_dir, seed)
+        if split not in splits:
+            _fail(f"split must be one of {sorted(splits)}, got {split!r}")
+        refs_by_input = {e.input: list(e.references) for e in group_by_input(splits[split])}
+        unknown = [r.input for r in rows if r.input not in refs_by_input]
+        if unknown:
+            _fail(f"{len(unknown)} of {len(rows)} generations have inputs that are not in {task}/{split}, "
+                  f"e.g. {unknown[0][:80]!r}")
+        hyps = [r.target or "" for r in rows]
+        scores = evaluate(hyps, [refs_by_input[r.input] for r in rows], [m.strip() for m in metrics.split(",") if m.strip()])
+        if task.startswith("e2e"):
+            names = sorted({v for ex in splits["train"] + splits["validation"] + splits["test"]
+                            for k, v in parse_mr(ex.input).items() if k in ("name", "near")})
+            scores["SER"] = slot_error_rate(hyps, [r.input for r in rows], names)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        _fail(str(e))
+    typer.echo(f"{task}/{split}: {len(rows)} generations")
+    typer.echo(f"{'metric':9s} {'score':>8s}  signature")
+    for name, sc in scores.items():
+        typer.echo(f"{name:9s} {sc.score:8.2f}  {sc.signature}")
+    if output is not None:
+        output.write_text(json.dumps({"task": task, "split": split, "seed": seed, "n": len(rows),
+                                      "scores": {k: v.to_dict() for k, v in scores.items()}}, indent=2))
+        typer.echo(f"wrote {output}")
 
 
 @app.command()

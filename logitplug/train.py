@@ -76,7 +76,7 @@ class TrainConfig:
     mixture_weight: float = field(default=0.5, metadata={"help": "small-model weight for rule=mixture"})
     cache: bool = field(default=True, metadata={"help": "record black-box log-probs once and replay them"})
     cache_dir: str | None = field(default=None, metadata={"help": "log-prob cache folder (default: under LOGITPLUG_HOME)"})
-    cache_top_k: int = field(default=64, metadata={"help": "log-probs kept per position in the cache"})
+    cache_top_k: int = field(default=256, metadata={"help": "log-probs kept per position in the cache"})
     checkpoint_every: int = field(default=200, metadata={"help": "optimizer steps between checkpoints (0: per epoch only)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: no limit)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})

@@ -60,3 +60,21 @@ def test_help_is_complete():
         assert res.exit_code == 0
     res = runner.invoke(app, ["train", "--help"])
     assert "--weight-decay" in res.output and "--zero-init-head" in res.output
+
+
+def test_eval_command_scores_e2e_generations(tmp_path):
+    from logitplug.data import load_task
+
+    test = load_task("e2e")["test"][:3]
+    gen = tmp_path / "gen.jsonl"
+    gen.write_text("".join(json.dumps({"input": e.input, "output": e.references[0]}) + "\n" for e in test))
+    out = tmp_path / "scores.json"
+    res = runner.invoke(app, ["eval", str(gen), "--task", "e2e", "--metrics", "BLEU,ROUGE-L", "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    scores = json.loads(out.read_text())["scores"]
+    assert scores["BLEU"]["score"] == pytest.approx(100.0)
+    assert "SER" in scores and scores["SER"]["score"] < 30
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"input": "not an MR", "output": "x"}) + "\n")
+    res = runner.invoke(app, ["eval", str(bad), "--task", "e2e"])
+    assert res.exit_code == 2 and "not in e2e/test" in res.output

@@ -70,9 +70,30 @@ _E2E_INSTRUCTION = (
     "Attributes: {input}\nSentence:"
 )
 
+_WEBNLG_INSTRUCTION = (
+    "Please convert the following RDF triples (subject | predicate | object) into a coherent sentence. "
+    "Do not provide an explanation.\nTriples: {input}\nSentence:"
+)
+_COMMONGEN_INSTRUCTION = (
+    "Please write one everyday sentence that uses all of the following concepts. "
+    "Do not provide an explanation.\nConcepts: {input}\nSentence:"
+)
+_ADIDAS_INSTRUCTION = (
+    "Please write a product description for the following product. Do not provide an explanation.\n"
+    "Product: {input}\nDescription:"
+)
+
+
+def _with_chat(name: str, text: str) -> dict[str, PromptTemplate]:
+    """A raw template and its chat-template twin (instruction without the trailing answer cue)."""
+    return {name: PromptTemplate(name, text), f"{name}-chat": PromptTemplate(f"{name}-chat", text.rsplit("\n", 1)[0], chat=True)}
+
+
 TEMPLATES: dict[str, PromptTemplate] = {
-    "e2e": PromptTemplate("e2e", _E2E_INSTRUCTION),
-    "e2e-chat": PromptTemplate("e2e-chat", _E2E_INSTRUCTION.rsplit("\n", 1)[0], chat=True),
+    **_with_chat("e2e", _E2E_INSTRUCTION),
+    **_with_chat("webnlg", _WEBNLG_INSTRUCTION),
+    **_with_chat("commongen", _COMMONGEN_INSTRUCTION),
+    **_with_chat("adidas", _ADIDAS_INSTRUCTION),
     "plain": PromptTemplate("plain", "{input}"),
 }
 
@@ -149,7 +170,7 @@ def find_data_dir(explicit: str | Path | None = None) -> Path:
     candidates = [Path(explicit)] if explicit else []
     if os.environ.get(DATA_ENV):
         candidates.append(Path(os.environ[DATA_ENV]))
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     candidates += [Path.cwd() / "../shared/data", here / "../shared/data"]
     for c in candidates:
         if c.is_dir():
@@ -158,29 +179,6 @@ def find_data_dir(explicit: str | Path | None = None) -> Path:
         "no data folder found: pass --data-dir, set LOGITPLUG_DATA, or place the files in ../shared/data "
         "(layout and public sources: see README.md, 'Data')"
     )
-
-
-E2E_CLEANED_FILES = {"train": "train-fixed.no-ol.csv", "validation": "devel-fixed.no-ol.csv", "test": "test-fixed.csv"}
-
-
-def load_e2e_cleaned(split: str, data_dir: str | Path | None = None) -> list[Example]:
-    """E2E NLG cleaned (Dušek et al. 2019), one Example per (MR, reference) row."""
-    if split not in E2E_CLEANED_FILES:
-        raise ValueError(f"E2E split must be one of {sorted(E2E_CLEANED_FILES)}, got {split!r}")
-    path = find_data_dir(data_dir) / "e2e_cleaned" / E2E_CLEANED_FILES[split]
-    if not path.exists():
-        raise FileNotFoundError(
-            f"E2E cleaned file missing: {path}. Get it from github.com/tuetschek/e2e-cleaning, folder cleaned-data/ "
-            "(see README.md, 'Data')"
-        )
-    return load_table(path, "mr", "ref")
-
-
-def e2e_paper_splits(data_dir: str | Path | None = None, seed: int = 0) -> dict[str, list[Example]]:
-    """The paper's E2E protocol: train on 60% of the validation split's inputs, early-stop on the
-    other 40%, test on the test split (grouped by input, all references kept)."""
-    train, early_stop = split_by_input(load_e2e_cleaned("validation", data_dir), 0.6, seed)
-    return {"train": train, "validation": early_stop, "test": group_by_input(load_e2e_cleaned("test", data_dir))}
 
 
 # ---- tokenization -------------------------------------------------------------------------------
