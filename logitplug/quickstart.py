@@ -17,7 +17,7 @@ from .blackbox import load_blackbox
 from .combine import BlackBoxOnly, ProductRule
 from .data import TEMPLATES, Example, e2e_paper_splits, encode_prompt
 from .decode import Decoder, GenerationConfig
-from .eval import bleu, rouge_l
+from .eval import evaluate, parse_mr, slot_error_rate
 from .reweighter import Reweighter, ReweighterConfig
 from .train import TrainConfig, train
 
@@ -62,15 +62,17 @@ def run_quickstart(
     gcfg = GenerationConfig(max_new_tokens=64, repetition_penalty=1.1, batch_size=8)
     prompts = [encode_prompt(bb.tokenizer, template, ex.input) for ex in test_set]
     refs = [list(ex.references) for ex in test_set]
+    venue_names = sorted({v for ex in splits["train"] + splits["validation"] + splits["test"]
+                          for k, v in parse_mr(ex.input).items() if k in ("name", "near")})
     outputs, scores = {}, {}
     for name, rule, rw in (("zero-shot", BlackBoxOnly(), None), ("plugin", ProductRule(), plugin)):
         t0 = time.perf_counter()
         gens = Decoder(bb, rw, rule, gcfg).generate_ids(prompts, progress=True)
         outputs[name] = [g.text for g in gens]
-        scores[name] = {
-            "BLEU": bleu(outputs[name], refs).score, "ROUGE-L": rouge_l(outputs[name], refs).score,
-            "decode_seconds": time.perf_counter() - t0,
-        }
+        decode_seconds = time.perf_counter() - t0
+        scores[name] = {m: s.score for m, s in evaluate(outputs[name], refs).items()}
+        scores[name]["SER"] = slot_error_rate(outputs[name], [ex.input for ex in test_set], venue_names).score
+        scores[name]["decode_seconds"] = decode_seconds
 
     print("\n=== examples (test split) ===")
     for i in range(min(5, len(test_set))):
@@ -79,9 +81,10 @@ def run_quickstart(
         print(f"plugin:    {outputs['plugin'][i]}")
         print(f"reference: {test_set[i].references[0]}")
     print(f"\n=== {len(test_set)} test inputs, greedy, repetition penalty 1.1 on generated tokens ===")
-    print(f"{'method':10s} {'BLEU':>6s} {'ROUGE-L':>8s}")
+    columns = ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr", "SER"]
+    print(f"{'method':10s} " + " ".join(f"{c:>8s}" for c in columns) + "   (SER: slot error rate, lower is better)")
     for name, s in scores.items():
-        print(f"{name:10s} {s['BLEU']:6.2f} {s['ROUGE-L']:8.2f}")
+        print(f"{name:10s} " + " ".join(f"{s[c]:8.2f}" for c in columns))
     report = {
         "blackbox": bb.fingerprint, "train_rows": len(train_set), "eval_rows": len(eval_set),
         "test_inputs": len(test_set), "seed": seed, "scores": scores,
