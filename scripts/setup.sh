@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# METEOR and CIDEr (pycocoevalcap) run Java; install a headless JRE where the machine has none.
+if ! command -v java >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null
+  else
+    echo "warning: no Java found; METEOR/CIDEr and their tests need it (install a JRE)" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -83,3 +83,11 @@ def test_slot_error_rate_counts_over_all_slots():
     assert slot_error_rate(["Aromi is a pub.", "Cotto serves Indian food."], mrs).score == 0.0
     ser = slot_error_rate(["Aromi is a pub.", "Cotto serves Chinese food."], mrs)
     assert ser.score == pytest.approx(100 * 2 / 4)  # food=Indian missing + food=Chinese invented, of 4 slots
+
+
+def test_missing_java_is_reported_clearly(monkeypatch):
+    import logitplug.eval as ev
+
+    monkeypatch.setattr(ev.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="need Java.*apt-get install"):
+        meteor(["a"], [["a"]])
