@@ -3,8 +3,9 @@
 Conventions follow the E2E challenge's scoring script (e2e-metrics), so numbers are comparable
 with published E2E and WebNLG results:
 
-- BLEU: sacrebleu corpus BLEU, 13a tokenization, case-sensitive, all references of an input.
-- NIST: NLTK ``corpus_nist`` (n = 5) on 13a-tokenized text, all references.
+- BLEU: sacrebleu corpus BLEU, 13a tokenization, lowercased, no smoothing (as e2e-metrics'
+  mteval-v13a-compatible BLEU), all references of an input.
+- NIST: NLTK ``corpus_nist`` (n = 5) on lowercased 13a-tokenized text, all references.
 - METEOR 1.5 and CIDEr (CIDEr-D as in pycocoevalcap): the COCO caption evaluation code, after
   its PTB tokenizer (lowercased, punctuation removed). Both need Java; a clear error says so.
 - ROUGE-1/2/L: rouge-score F1 with stemming, best over the references, averaged over inputs.
@@ -50,7 +51,7 @@ def _check(hypotheses: Sequence[str], references: References) -> None:
 
 
 def bleu(hypotheses: Sequence[str], references: References) -> MetricScore:
-    """Corpus BLEU (sacrebleu, 13a tokenization), any number of references per hypothesis.
+    """Corpus BLEU (sacrebleu, 13a tokenization, lowercased, unsmoothed), any number of references.
 
     Examples:
         >>> round(bleu(["the cat sat on the mat"], [["the cat sat on the mat"]]).score, 1)
@@ -61,7 +62,8 @@ def bleu(hypotheses: Sequence[str], references: References) -> MetricScore:
     _check(hypotheses, references)
     width = max(len(r) for r in references)
     streams = [[r[i] if i < len(r) else None for r in references] for i in range(width)]
-    metric = sacrebleu.metrics.BLEU()
+    # the E2E scoring script's BLEU is case-insensitive and unsmoothed (pymteval defaults)
+    metric = sacrebleu.metrics.BLEU(lowercase=True, smooth_method="none")
     return MetricScore("BLEU", metric.corpus_score(list(hypotheses), streams).score, str(metric.get_signature()))
 
 
@@ -104,13 +106,13 @@ def nist(hypotheses: Sequence[str], references: References, n: int = 5) -> Metri
 
     _check(hypotheses, references)
     tok = Tokenizer13a()
-    hyps = [tok(h).split() for h in hypotheses]
-    refs = [[tok(r).split() for r in rs] for rs in references]
+    hyps = [tok(h.lower()).split() for h in hypotheses]
+    refs = [[tok(r.lower()).split() for r in rs] for rs in references]
     try:
         value = float(corpus_nist(refs, hyps, n=n))
     except ZeroDivisionError:  # every hypothesis empty
         value = 0.0
-    return MetricScore("NIST", value, f"nist|n:{n}|tok:13a|nltk")
+    return MetricScore("NIST", value, f"nist|n:{n}|tok:13a|lc|nltk")
 
 
 def _require_java() -> None:
