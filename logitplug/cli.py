@@ -45,24 +45,37 @@ def _examples(path: Path, input_column: str, target_column: Optional[str]):
         _fail(str(e))
 
 
+from .data import TASKS  # noqa: E402
 from .data import TEMPLATES as _TEMPLATES  # noqa: E402
 from .decode import GenerationConfig as _G  # noqa: E402
 from .reweighter import ReweighterConfig as _R  # noqa: E402
 from .train import TrainConfig as _T  # noqa: E402
 
 _TEMPLATE_HELP = f"prompt template: a name ({', '.join(sorted(_TEMPLATES))}) or text with {{input}}"
+_TASK_HELP = f"a task with the paper's splits ({', '.join(sorted(TASKS))})"
+
+
+def _task_splits(task: str, data_dir: Optional[Path], seed: int):
+    from .data import load_task
+
+    try:
+        return load_task(task, data_dir, seed)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
 
 
 @app.command()
 def train(
-    train_file: Path = typer.Option(..., help="CSV/TSV/JSONL with training examples"),
+    train_file: Optional[Path] = typer.Option(None, help="CSV/TSV/JSONL with training examples (or use --task)"),
+    task: Optional[str] = typer.Option(None, help=_TASK_HELP + " (instead of --train-file)"),
+    data_dir: Optional[Path] = typer.Option(None, help="data folder for --task (default: $LOGITPLUG_DATA or ../shared/data)"),
     output_dir: Path = typer.Option(..., help=_help(_T, "output_dir")),
     blackbox: str = typer.Option("smollm2-135m", help="registered name, model folder or .gguf file"),
     eval_file: Optional[Path] = typer.Option(None, help="held-out examples for early stopping (default: split off train)"),
     eval_fraction: float = typer.Option(0.4, help="fraction of distinct inputs held out when --eval-file is not given"),
     input_column: str = typer.Option("input", help="column holding the task input"),
     target_column: str = typer.Option("target", help="column holding the target text"),
-    template: str = typer.Option("plain", help=_TEMPLATE_HELP),
+    template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP + " (default: the task's, else 'plain')"),
     chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
     epochs: int = typer.Option(80, help=_help(_T, "epochs")),
     batch_size: int = typer.Option(8, help=_help(_T, "batch_size")),
@@ -92,7 +105,9 @@ def train(
     from .train import train as run_train
 
     try:
-        tmpl = get_template(template, chat=chat)
+        if (task is None) == (train_file is None):
+            _fail("give either --train-file or --task")
+        tmpl = get_template(template or (TASKS[task].template if task in TASKS else "plain"), chat=chat)
         tcfg = TrainConfig(
             output_dir=str(output_dir), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             patience=patience, max_length=max_length, rule=rule, cache=cache, cache_dir=cache_dir,  # type: ignore[arg-type]
@@ -102,15 +117,19 @@ def train(
                                 zero_init_head=zero_init_head, init_from=init_from)
     except ValueError as e:
         _fail(str(e))
-    train_rows = _examples(train_file, input_column, target_column)
-    if eval_file is not None:
-        eval_rows = _examples(eval_file, input_column, target_column)
+    if task is not None:  # the task's own validation split does early stopping
+        splits = _task_splits(task, data_dir, seed)
+        train_rows, eval_rows = splits["train"], splits["validation"]
     else:
-        if not 0 < eval_fraction < 1:
-            _fail(f"--eval-fraction must be in (0, 1), got {eval_fraction}")
-        eval_rows, train_rows = split_by_input(train_rows, eval_fraction, seed)
-        if not eval_rows or not train_rows:
-            _fail("too few distinct inputs to split off a held-out set; pass --eval-file")
+        train_rows = _examples(train_file, input_column, target_column)  # type: ignore[arg-type]
+        if eval_file is not None:
+            eval_rows = _examples(eval_file, input_column, target_column)
+        else:
+            if not 0 < eval_fraction < 1:
+                _fail(f"--eval-fraction must be in (0, 1), got {eval_fraction}")
+            eval_rows, train_rows = split_by_input(train_rows, eval_fraction, seed)
+            if not eval_rows or not train_rows:
+                _fail("too few distinct inputs to split off a held-out set; pass --eval-file")
     bb = _load_bb(blackbox)
     from .data import DataError
 
@@ -129,12 +148,15 @@ def train(
 
 @app.command()
 def generate(
-    input_file: Path = typer.Option(..., help="CSV/TSV/JSONL with inputs"),
+    input_file: Optional[Path] = typer.Option(None, help="CSV/TSV/JSONL with inputs (or use --task)"),
+    task: Optional[str] = typer.Option(None, help=_TASK_HELP + ": generate for the distinct inputs of --split"),
+    split: str = typer.Option("test", help="split of --task"),
+    data_dir: Optional[Path] = typer.Option(None, help="data folder for --task (default: $LOGITPLUG_DATA or ../shared/data)"),
     output: Path = typer.Option(..., help="JSONL file to write (input, output, finish_reason per line)"),
     blackbox: str = typer.Option("smollm2-135m", help="registered name, model folder or .gguf file"),
     plugin: Optional[Path] = typer.Option(None, help="trained plugin folder; omit for the black box alone"),
     input_column: str = typer.Option("input", help="column holding the task input"),
-    template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP + " (default: the plugin's, else 'plain')"),
+    template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP + " (default: the plugin's, else the task's, else 'plain')"),
     chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
     rule: str = typer.Option("product", help="combination rule: product, mixture, reweighter, blackbox"),
     alpha: float = typer.Option(1.0, help="product-rule strength"),
@@ -152,7 +174,7 @@ def generate(
 ) -> None:
     """Generate with a black box, adapted by a plugin when --plugin is given."""
     from .combine import get_rule
-    from .data import PromptTemplate, encode_prompt, get_template
+    from .data import PromptTemplate, encode_prompt, get_template, group_by_input
     from .decode import Decoder, GenerationConfig
     from .reweighter import Reweighter, TokenizerMismatchError, read_sidecar
 
@@ -172,8 +194,16 @@ def generate(
     elif plugin is not None and (plugin / "logitplug.json").exists():
         tmpl = PromptTemplate(**read_sidecar(plugin)["template"])
     else:
-        tmpl = get_template("plain", chat=chat)
-    rows = _examples(input_file, input_column, None)
+        tmpl = get_template(TASKS[task].template if task in TASKS else "plain", chat=chat)
+    if (task is None) == (input_file is None):
+        _fail("give either --input-file or --task")
+    if task is not None:
+        splits = _task_splits(task, data_dir, seed)
+        if split not in splits:
+            _fail(f"--split must be one of {sorted(splits)}, got {split!r}")
+        rows = group_by_input(splits[split])
+    else:
+        rows = _examples(input_file, input_column, None)  # type: ignore[arg-type]
     bb = _load_bb(blackbox)
     rw = None
     if plugin is not None:

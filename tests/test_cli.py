@@ -78,3 +78,20 @@ def test_eval_command_scores_e2e_generations(tmp_path):
     bad.write_text(json.dumps({"input": "not an MR", "output": "x"}) + "\n")
     res = runner.invoke(app, ["eval", str(bad), "--task", "e2e"])
     assert res.exit_code == 2 and "not in e2e/test" in res.output
+
+
+def test_train_generate_eval_on_a_named_task(tmp_path, bb_dir):
+    plugin = tmp_path / "plugin"
+    res = runner.invoke(app, ["train", "--task", "commongen", "--output-dir", str(plugin), "--blackbox", str(bb_dir),
+                              "--epochs", "1", "--max-steps", "2", "--hidden", "32", "--heads", "2", "--ffn", "64",
+                              "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    gen = tmp_path / "gen.jsonl"
+    res = runner.invoke(app, ["generate", "--task", "commongen", "--plugin", str(plugin), "--blackbox", str(bb_dir),
+                              "--output", str(gen), "--max-new-tokens", "4", "--batch-size", "32"])
+    assert res.exit_code == 0, res.output
+    assert len(gen.read_text().splitlines()) == 496  # distinct concept sets of the test half
+    res = runner.invoke(app, ["eval", str(gen), "--task", "commongen", "--metrics", "BLEU,ROUGE-L"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train", "--output-dir", str(tmp_path / "x"), "--blackbox", str(bb_dir)])
+    assert res.exit_code == 2 and "either --train-file or --task" in res.output
