@@ -1,4 +1,4 @@
-"""Command line: ``logitplug train | generate | quickstart | env``. Thin wrappers over the library."""
+"""Command line: ``logitplug train | generate | eval | bench | quickstart | env``. Thin wrappers over the library."""
 
 from __future__ import annotations
 
@@ -285,6 +285,37 @@ def eval_command(
         output.write_text(json.dumps({"task": task, "split": split, "seed": seed, "n": len(rows),
                                       "scores": {k: v.to_dict() for k, v in scores.items()}}, indent=2))
         typer.echo(f"wrote {output}")
+
+
+@app.command()
+def bench(
+    config: Path = typer.Argument(..., help="bench config (YAML); examples in benchmarks/*.yaml"),
+    output_dir: Optional[Path] = typer.Option(None, help="override the config's output_dir"),
+    report_only: bool = typer.Option(False, "--report-only", help="only rebuild the table and plots from finished cells"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+) -> None:
+    """Run a grid of tasks x black boxes x methods x seeds; rerun to resume (finished cells are skipped).
+
+    Writes one JSON per cell under OUTPUT_DIR/cells, then OUTPUT_DIR/results.{json,md} and a PNG per
+    task and black box. Methods: zero-shot, icl-K, small, mixture-A, plugin, proxy-tuning[-A], lora,
+    or a variant {name, method, train, reweighter, lora}.
+    """
+    from .bench import BenchConfigError, load_config, run_bench
+    from .train import TrainingInterrupted
+
+    try:
+        cfg = load_config(config)
+        if output_dir is not None:
+            cfg.output_dir = output_dir
+        table = run_bench(cfg, progress=progress, only_report=report_only)
+    except (BenchConfigError, FileNotFoundError, RuntimeError) as e:
+        if isinstance(e, TrainingInterrupted):
+            _fail(f"{e}\nFinished cells are kept; run the same bench command again to resume.")
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; finished cells are kept. Run the same bench command again to resume.")
+    typer.echo(table.read_text())
+    typer.echo(f"table: {table}")
 
 
 @app.command()

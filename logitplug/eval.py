@@ -115,7 +115,7 @@ def nist(hypotheses: Sequence[str], references: References, n: int = 5) -> Metri
     return MetricScore("NIST", value, f"nist|n:{n}|tok:13a|lc|nltk")
 
 
-def _require_java() -> None:
+def require_java() -> None:
     if shutil.which("java") is None:
         raise RuntimeError(
             "METEOR and CIDEr need Java (pycocoevalcap runs METEOR 1.5 and the PTB tokenizer as jars). "
@@ -127,7 +127,7 @@ def _coco_inputs(hypotheses: Sequence[str], references: References):
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     _check(hypotheses, references)
-    _require_java()
+    require_java()
     clean = lambda s: " ".join(s.replace("|||", " ").split()) or "."  # noqa: E731 -- METEOR cannot take an empty line
     gts = {i: [{"caption": clean(r)} for r in refs] for i, refs in enumerate(references)}
     res = {i: [{"caption": clean(h)}] for i, h in enumerate(hypotheses)}

@@ -72,6 +72,11 @@ class TrainConfig:
     rule: Literal["product", "mixture", "reweighter"] = field(
         default="product", metadata={"help": "combination trained through (the plugin is 'product')"}
     )
+    objective: Literal["mle", "distill"] = field(
+        default="mle",
+        metadata={"help": "mle: likelihood of the targets through `rule`; distill: the reweighter alone imitates "
+                          "the black box's distribution (proxy-tuning's anti-expert; needs rule=reweighter)"},
+    )
     alpha: float = field(default=1.0, metadata={"help": "product-rule strength"})
     mixture_weight: float = field(default=0.5, metadata={"help": "small-model weight for rule=mixture"})
     cache: bool = field(default=True, metadata={"help": "record black-box log-probs once and replay them"})
@@ -92,6 +97,10 @@ class TrainConfig:
             raise ValueError("TrainConfig: weight_decay >= 0, 0 <= warmup_ratio < 1 and patience >= 1 are required")
         if self.rule not in ("product", "mixture", "reweighter"):
             raise ValueError(f"TrainConfig.rule must be 'product', 'mixture' or 'reweighter', got {self.rule!r}")
+        if self.objective not in ("mle", "distill"):
+            raise ValueError(f"TrainConfig.objective must be 'mle' or 'distill', got {self.objective!r}")
+        if self.objective == "distill" and self.rule != "reweighter":
+            raise ValueError("TrainConfig.objective='distill' trains the reweighter alone: set rule='reweighter'")
 
     def combination(self):
         if self.rule == "product":
@@ -189,13 +198,16 @@ def _shard_order(n: int, epoch: int, seed: int, rank: int, world: int, batch_siz
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
-def _nll(rule, bb: torch.Tensor, rw: torch.Tensor | None, targets: torch.Tensor) -> torch.Tensor:
-    """Summed negative log-likelihood of ``targets`` (N,) under the combined distribution."""
+def _nll(rule, bb: torch.Tensor, rw: torch.Tensor | None, targets: torch.Tensor, objective: str = "mle") -> torch.Tensor:
+    """Summed loss over the N positions: negative log-likelihood of ``targets`` (N,) under the
+    combined distribution, or (distill) cross-entropy from the black box's distribution."""
     combined = rule(bb, rw)
+    if objective == "distill":
+        return -(bb.exp() * combined.clamp_min(torch.finfo(combined.dtype).min)).sum()
     return -combined.gather(-1, targets[:, None]).sum()
 
 
-def _evaluate(model, accelerator, source, rule, encoded, batch_size) -> tuple[float, float]:
+def _evaluate(model, accelerator, source, rule, encoded, batch_size, objective="mle") -> tuple[float, float]:
     """Held-out mean NLL per target token: (combined, black box alone), reduced over processes."""
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64)
@@ -209,7 +221,7 @@ def _evaluate(model, accelerator, source, rule, encoded, batch_size) -> tuple[fl
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = targets_of(batch)
             rw = model(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
-            sums[0] += _nll(rule, bb, rw, targets).double().cpu()
+            sums[0] += _nll(rule, bb, rw, targets, objective).double().cpu()
             sums[1] += -bb.gather(-1, targets[:, None]).sum().double().cpu()
             sums[2] += targets.numel()
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
@@ -323,7 +335,7 @@ def train(
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 targets = targets_of(batch)
                 rw = model(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
-                loss = _nll(rule, bb, rw, targets) / targets.numel()
+                loss = _nll(rule, bb, rw, targets, config.objective) / targets.numel()
                 accelerator.backward(loss)
                 if config.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -343,7 +355,7 @@ def train(
                 if config.max_steps and state.global_step >= config.max_steps:
                     break
             bar.close()
-            eval_loss, zero_shot_loss = _evaluate(model, accelerator, source, rule, eval_enc, config.batch_size)
+            eval_loss, zero_shot_loss = _evaluate(model, accelerator, source, rule, eval_enc, config.batch_size, config.objective)
             record = {"epoch": state.epoch + 1, "step": state.global_step, "eval_loss": eval_loss,
                       "blackbox_eval_loss": zero_shot_loss, "train_loss": loss_avg if loss_avg is not None else math.nan,
                       "epoch_seconds": time.perf_counter() - t0}

@@ -55,7 +55,7 @@ def test_clear_errors(tmp_path, bb_dir, data):
 
 
 def test_help_is_complete():
-    for cmd in ("train", "generate", "quickstart", "env"):
+    for cmd in ("train", "generate", "quickstart", "eval", "bench", "env"):
         res = runner.invoke(app, [cmd, "--help"])
         assert res.exit_code == 0
     res = runner.invoke(app, ["train", "--help"])
@@ -95,3 +95,16 @@ def test_train_generate_eval_on_a_named_task(tmp_path, bb_dir):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["train", "--output-dir", str(tmp_path / "x"), "--blackbox", str(bb_dir)])
     assert res.exit_code == 2 and "either --train-file or --task" in res.output
+
+
+def test_bench_reports_config_errors_before_work(tmp_path):
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'out'}\ntasks: [e2e]\nblackboxes: [smollm2-135m]\nmethods: [zero-shot, plugn]\n")
+    res = runner.invoke(app, ["bench", str(cfg)])
+    assert res.exit_code == 2 and "unknown method 'plugn'" in res.output
+    assert not (tmp_path / "out").exists()
+    res = runner.invoke(app, ["bench", str(tmp_path / "missing.yaml")])
+    assert res.exit_code == 2 and "not found" in res.output
+    cfg.write_text("tasks: [e2e\n")
+    res = runner.invoke(app, ["bench", str(cfg)])
+    assert res.exit_code == 2 and "not valid YAML" in res.output

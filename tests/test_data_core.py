@@ -81,3 +81,17 @@ def test_templates():
     with pytest.raises(ValueError, match="unknown prompt template"):
         get_template("nonsense")
     assert get_template("Q: {input}\\nA:").render("x") == "Q: x\nA:"
+
+
+def test_demonstrations_come_before_the_prompt_in_raw_and_chat_templates():
+    from logitplug.data import TEMPLATES
+    from tiny import tiny_tokenizer
+
+    demo = Example("dog, ball", "The dog plays with a ball.")
+    raw = TEMPLATES["commongen"].render_with_demos("cat, mat", [demo])
+    assert raw == TEMPLATES["commongen"].render("dog, ball") + " The dog plays with a ball.\n\n" + TEMPLATES["commongen"].render("cat, mat")
+    assert TEMPLATES["commongen"].render_with_demos("cat, mat", []) == TEMPLATES["commongen"].render("cat, mat")
+    tok = tiny_tokenizer()
+    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    chat = TEMPLATES["commongen-chat"].render_with_demos("cat, mat", [demo], tok)
+    assert chat.count("<user>") == 2 and "<assistant>The dog plays with a ball.<user>" in chat and chat.endswith("<assistant>")

@@ -102,3 +102,21 @@ def test_same_command_runs_under_torchrun_with_two_processes(tmp_path):
     assert len(losses) == 2 and losses[0] == losses[1]  # both ranks agree on the reduced held-out loss
     assert float(losses[0][0]) < float(losses[0][1])
     assert (tmp_path / "plugin" / "model.safetensors").exists()
+
+
+def test_distill_objective_trains_the_reweighter_to_imitate_the_black_box(tmp_path):
+    bb = tiny_blackbox()
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path, epochs=30, rule="reweighter", objective="distill"), SMALL)
+    rw = Reweighter.from_pretrained(result.plugin_dir, bb.fingerprint)
+    fresh = Reweighter.build(SMALL, bb.vocab_size, bb.tokenizer, seed=0)
+    ids = torch.tensor([encode_prompt(bb.tokenizer, TEMPLATE, EXAMPLES[0].input) + [5, 6, 7]])
+    mask = torch.ones_like(ids)
+    p_bb = bb.logprobs_at(ids, mask)
+
+    def kl(model):
+        with torch.no_grad():
+            return float((p_bb.exp() * (p_bb - torch.log_softmax(model(ids, mask), -1))).sum(-1).mean())
+
+    assert kl(rw) < 0.5 * kl(fresh)
+    with pytest.raises(ValueError, match="rule='reweighter'"):
+        _config(tmp_path, objective="distill")

@@ -60,6 +60,22 @@ class PromptTemplate:
             )
         return prompt
 
+    def render_with_demos(self, input_text: str, demos: Sequence["Example"], tokenizer: Any = None) -> str:
+        """In-context learning: solved examples first (as earlier chat turns for chat templates)."""
+        if not demos:
+            return self.render(input_text, tokenizer)
+        if self.chat:
+            if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+                raise ValueError(f"template {self.name!r} uses a chat template but the tokenizer has none")
+            messages = []
+            for d in demos:
+                messages += [{"role": "user", "content": self.text.replace("{input}", d.input)},
+                             {"role": "assistant", "content": d.target or ""}]
+            messages.append({"role": "user", "content": self.text.replace("{input}", input_text)})
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        shots = "".join(f"{self.render(d.input)}{self.target_prefix}{d.target}\n\n" for d in demos)
+        return shots + self.render(input_text)
+
     @property
     def prefix(self) -> str:
         return "" if self.chat else self.target_prefix

@@ -1,0 +1,253 @@
+"""Every method of the comparison behind one interface: given a cell's context, produce test outputs.
+
+All methods see the same training rows, the same prompt template, the same test prompts and the
+same decoding settings; trained methods choose hyperparameters by held-out (validation) loss
+only. Trained artifacts are stored by a key of everything that determines them, so a model
+shared by two methods (the small model alone is also proxy-tuning's expert) is trained once,
+and a rerun reuses what is finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..blackbox import LocalBlackBox
+from ..combine import BlackBoxOnly, MixtureRule, ProductRule, ReweighterOnly
+from ..data import Example, PromptTemplate
+from ..decode import Decoder, GenerationConfig
+from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
+from ..reweighter import LogitDifference, Reweighter, ReweighterConfig
+from ..train import TrainConfig, train
+
+
+@dataclass
+class CellContext:
+    """What one (task, black box, method, seed) cell works with."""
+
+    blackbox: LocalBlackBox
+    task: str
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]  # one per input, all references attached
+    template: PromptTemplate
+    seed: int
+    generation: GenerationConfig
+    models_dir: Path  # trained artifacts, shared between cells
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+    reweighter_overrides: dict[str, Any] = field(default_factory=dict)
+    lora_overrides: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    progress: bool = True
+
+
+@dataclass
+class MethodOutput:
+    outputs: list[str]
+    info: dict[str, Any] = field(default_factory=dict)  # selected hyperparameters, held-out losses, ...
+
+
+class Method(ABC):
+    """A way to produce task outputs from the black box. ``seeded`` methods run once per seed."""
+
+    seeded: bool = True
+
+    def __init__(self, name: str, train: dict[str, Any] | None = None, reweighter: dict[str, Any] | None = None,
+                 lora: dict[str, Any] | None = None):
+        self.name = name
+        self.train_overrides = dict(train or {})
+        self.reweighter_overrides = dict(reweighter or {})
+        self.lora_overrides = dict(lora or {})
+
+    @abstractmethod
+    def run(self, ctx: CellContext) -> MethodOutput: ...
+
+    def _decode(self, ctx: CellContext, prompts: list[list[int]], blackbox=None, reweighter=None, rule=None) -> list[str]:
+        decoder = Decoder(blackbox or ctx.blackbox, reweighter, rule or BlackBoxOnly(), ctx.generation)
+        return [g.text for g in decoder.generate_ids(prompts, progress=ctx.progress)]
+
+
+def test_prompts(ctx: CellContext, demos: list[Example] = ()) -> list[list[int]]:
+    """Token ids of every test prompt, demonstrations first; the oldest demonstrations are dropped
+    for a prompt that would not leave room for ``max_new_tokens`` in the context."""
+    tok = ctx.blackbox.tokenizer
+    room = ctx.blackbox.max_context - ctx.generation.max_new_tokens
+    out = []
+    for ex in ctx.test:
+        shots = list(demos)
+        while True:
+            ids = tok(ctx.template.render_with_demos(ex.input, shots, tok), add_special_tokens=True)["input_ids"]
+            if len(ids) <= room or not shots:
+                break
+            shots = shots[1:]
+        out.append(list(ids)[-room:])
+    return out
+
+
+class ZeroShot(Method):
+    """The black box prompted with the task's template."""
+
+    seeded = False
+
+    def run(self, ctx: CellContext) -> MethodOutput:
+        return MethodOutput(self._decode(ctx, test_prompts(ctx)))
+
+
+class InContext(Method):
+    """k solved training examples (drawn by the seed) before each test prompt."""
+
+    def __init__(self, name: str, shots: int, **kw: Any):
+        super().__init__(name, **kw)
+        self.shots = shots
+
+    def run(self, ctx: CellContext) -> MethodOutput:
+        pool = [ex for ex in ctx.train if ex.target]
+        demos = random.Random(ctx.seed).sample(pool, min(self.shots, len(pool)))
+        prompts = test_prompts(ctx, demos)
+        return MethodOutput(self._decode(ctx, prompts), {"demonstrations": [asdict(d) for d in demos]})
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _data_key(ctx: CellContext) -> str:
+    return _key([(e.input, e.target) for e in ctx.train], [(e.input, e.target) for e in ctx.validation])
+
+
+def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweighter_overrides: dict[str, Any],
+                     ) -> tuple[Reweighter, dict[str, Any]]:
+    """Train one reweighter per point of the cell's hyperparameter grid (or reuse a finished one);
+    return the one with the lowest held-out loss."""
+    grid = {k: v for k, v in ctx.grid.items() if k not in train_overrides}
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
+    best: tuple[float, Path, dict[str, Any]] | None = None
+    for point in points:
+        settings = {**ctx.train_overrides, **point, **train_overrides, "seed": ctx.seed}
+        rcfg = ReweighterConfig(**{**ctx.reweighter_overrides, **reweighter_overrides})
+        probe = TrainConfig(output_dir="-", **settings)
+        key = _key(ctx.blackbox.fingerprint, ctx.template, _data_key(ctx), probe.to_dict(), rcfg.to_dict())
+        folder = ctx.models_dir / f"reweighter-{key}"
+        if not (folder / "logitplug.json").exists() or (folder / "checkpoint").exists():
+            tcfg = replace(probe, output_dir=str(folder), cache_dir=str(ctx.models_dir / "logprob-cache"),
+                           progress=ctx.progress)
+            train(ctx.blackbox, ctx.train, ctx.validation, ctx.template, tcfg, rcfg)
+        loss = json.loads((folder / "logitplug.json").read_text())["eval_loss"]
+        if best is None or loss < best[0]:
+            best = (loss, folder, point)
+    assert best is not None
+    loss, folder, point = best
+    return Reweighter.from_pretrained(folder, ctx.blackbox.fingerprint), {
+        "eval_loss": loss, "selected": point, "artifact": str(folder), "grid_points": len(points)}
+
+
+class TrainedCombination(Method):
+    """A reweighter trained through a combination rule and decoded through the same rule:
+    the plugin (product), the paper's weighted mixture, or the small model alone."""
+
+    def __init__(self, name: str, rule: str, mixture_weight: float = 0.5, **kw: Any):
+        super().__init__(name, **kw)
+        self.rule = rule
+        self.mixture_weight = mixture_weight
+
+    def _rule(self, alpha: float):
+        if self.rule == "product":
+            return ProductRule(alpha)
+        if self.rule == "mixture":
+            return MixtureRule(self.mixture_weight)
+        return ReweighterOnly()
+
+    def run(self, ctx: CellContext) -> MethodOutput:
+        overrides = {**self.train_overrides, "rule": self.rule}
+        if self.rule == "mixture":
+            overrides["mixture_weight"] = self.mixture_weight
+        reweighter, info = train_reweighter(ctx, overrides, self.reweighter_overrides)
+        alpha = {**ctx.train_overrides, **overrides}.get("alpha", 1.0)
+        return MethodOutput(self._decode(ctx, test_prompts(ctx), reweighter=reweighter, rule=self._rule(alpha)), info)
+
+
+class ProxyTuning(Method):
+    """``z_bb + a * (log p_expert - log p_anti)``: expert = the small model trained on the task;
+    anti-expert = the same architecture distilled from the black box on the same sequences (no
+    smaller pretrained model shares these black boxes' tokenizers, so it models the black box's
+    own behaviour at the small model's capacity)."""
+
+    def __init__(self, name: str, alpha: float = 1.0, **kw: Any):
+        super().__init__(name, **kw)
+        self.alpha = alpha
+
+    def run(self, ctx: CellContext) -> MethodOutput:
+        expert, e_info = train_reweighter(ctx, {**self.train_overrides, "rule": "reweighter"}, self.reweighter_overrides)
+        anti, a_info = train_reweighter(ctx, {**self.train_overrides, "rule": "reweighter", "objective": "distill"},
+                                        self.reweighter_overrides)
+        outputs = self._decode(ctx, test_prompts(ctx), reweighter=LogitDifference(expert, anti),
+                               rule=ProductRule(self.alpha))
+        return MethodOutput(outputs, {"expert": e_info, "anti_expert": a_info, "alpha": self.alpha})
+
+
+class LoraFineTune(Method):
+    """The black box's own weights tuned with LoRA: the white-box ceiling."""
+
+    def run(self, ctx: CellContext) -> MethodOutput:
+        settings = {**ctx.lora_overrides, **self.lora_overrides, "seed": ctx.seed}
+        cfg = LoraTrainConfig(**settings, progress=ctx.progress)
+        probe = {k: v for k, v in asdict(cfg).items() if k != "progress"}
+        folder = ctx.models_dir / f"lora-{_key(ctx.blackbox.fingerprint, ctx.template, _data_key(ctx), probe)}"
+        tuned = finetune_lora(ctx.blackbox, ctx.train, ctx.validation, ctx.template, folder, cfg)
+        info = json.loads((folder / DONE_NAME).read_text())
+        outputs = self._decode(ctx, test_prompts(ctx), blackbox=tuned)
+        return MethodOutput(outputs, {"eval_loss": info["best_eval_loss"], "artifact": str(folder)})
+
+
+_PATTERNS: list[tuple[re.Pattern[str], Callable[..., Method], str]] = [
+    (re.compile(r"zero-shot"), lambda name, m, **kw: ZeroShot(name, **kw), "the black box prompted"),
+    (re.compile(r"icl-(\d+)"), lambda name, m, **kw: InContext(name, int(m[1]), **kw), "icl-K: K demonstrations"),
+    (re.compile(r"small"), lambda name, m, **kw: TrainedCombination(name, "reweighter", **kw),
+     "the reweighter's network trained alone"),
+    (re.compile(r"mixture-([0-9.]+)"), lambda name, m, **kw: TrainedCombination(name, "mixture", float(m[1]), **kw),
+     "mixture-A: A*p_small + (1-A)*p_bb, trained through the mixture"),
+    (re.compile(r"plugin"), lambda name, m, **kw: TrainedCombination(name, "product", **kw),
+     "the product rule (the paper's plugin)"),
+    (re.compile(r"proxy-tuning(?:-([0-9.]+))?"),
+     lambda name, m, **kw: ProxyTuning(name, float(m[1]) if m[1] else 1.0, **kw),
+     "proxy-tuning[-A]: z_bb + A*(expert - anti-expert)"),
+    (re.compile(r"lora"), lambda name, m, **kw: LoraFineTune(name, **kw), "LoRA fine-tuning of the black box"),
+]
+
+METHOD_HELP = {p.pattern: h for p, _, h in _PATTERNS}
+
+
+def make_method(spec: str | dict[str, Any]) -> Method:
+    """A method from its name (``icl-3``, ``mixture-0.25``) or a dict ``{name, method, train,
+    reweighter, lora}`` naming a variant of a base method with its own settings."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"a method is a name or a mapping with 'name'; got {spec!r}")
+    unknown = set(spec) - {"name", "method", "train", "reweighter", "lora"}
+    if unknown:
+        raise ValueError(f"method {spec['name']!r}: unknown keys {sorted(unknown)}")
+    base = str(spec.get("method", spec["name"]))
+    for pattern, factory, _ in _PATTERNS:
+        m = pattern.fullmatch(base)
+        if m:
+            kw = {k: spec.get(k) for k in ("train", "reweighter", "lora")}
+            _check_keys(spec["name"], "train", kw["train"], TrainConfig)
+            _check_keys(spec["name"], "reweighter", kw["reweighter"], ReweighterConfig)
+            _check_keys(spec["name"], "lora", kw["lora"], LoraTrainConfig)
+            return factory(str(spec["name"]), m, **kw)
+    raise ValueError(f"unknown method {base!r}; known: {', '.join(METHOD_HELP)}")
+
+
+def _check_keys(method: str, section: str, values: dict[str, Any] | None, cls: type) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values or {}) - known)
+    if unknown:
+        raise ValueError(f"method {method!r}: unknown {section} setting(s) {unknown}; known: {sorted(known)}")

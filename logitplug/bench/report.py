@@ -1,0 +1,116 @@
+"""Turn finished bench cells into one JSON summary, one Markdown table and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .runner import BenchConfig
+
+LOWER_IS_BETTER = {"SER", "empty"}
+
+
+def collect(cfg: "BenchConfig") -> list[dict[str, Any]]:
+    """Mean, standard deviation and count per (task, black box, method), in config order."""
+    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for path in sorted((cfg.output_dir / "cells").rglob("*.json")):
+        rec = json.loads(path.read_text())
+        cells[(rec["task"], rec["blackbox"], rec["method"])].append(rec)
+    from .runner import blackbox_label
+
+    rows = []
+    for task in cfg.tasks:
+        for bb in map(blackbox_label, cfg.blackboxes):
+            for method in cfg.methods:
+                recs = cells.get((task, bb, method.name))
+                if not recs:
+                    continue
+                metrics = list(recs[0]["scores"])
+                summary = {}
+                for m in metrics:
+                    values = [r["scores"][m] for r in recs]
+                    summary[m] = {"mean": statistics.fmean(values),
+                                  "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+                rows.append({
+                    "task": task, "blackbox": bb, "method": method.name, "runs": len(recs),
+                    "seeds": [r["seed"] for r in recs], "test_inputs": recs[0]["test_inputs"],
+                    "train_rows": recs[0]["train_rows"], "scores": summary,
+                    "wall_seconds": statistics.fmean(r["wall_seconds"] for r in recs),
+                })
+    return rows
+
+
+def _fmt(s: dict[str, float], runs: int) -> str:
+    return f"{s['mean']:.2f}" if runs < 2 else f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+def markdown(cfg: "BenchConfig", rows: list[dict[str, Any]]) -> str:
+    lines = [f"# bench: {cfg.name}", ""]
+    for task in cfg.tasks:
+        for bb in sorted({r["blackbox"] for r in rows if r["task"] == task}):
+            sub = [r for r in rows if r["task"] == task and r["blackbox"] == bb]
+            if not sub:
+                continue
+            metrics = [m for m in sub[0]["scores"]]
+            lines += [f"## {task} · {bb}", "",
+                      f"{sub[0]['train_rows']} training rows, {sub[0]['test_inputs']} test inputs; "
+                      "mean ± standard deviation over seeds (runs column); best per column in bold "
+                      "(SER and empty: lower is better).", ""]
+            best = {}
+            for m in metrics:
+                vals = [r["scores"][m]["mean"] for r in sub if m in r["scores"]]
+                best[m] = min(vals) if m in LOWER_IS_BETTER else max(vals)
+            lines.append("| method | runs | " + " | ".join(metrics) + " | wall s/cell |")
+            lines.append("|---|---|" + "---|" * len(metrics) + "---|")
+            for r in sub:
+                cells = []
+                for m in metrics:
+                    text = _fmt(r["scores"][m], r["runs"]) if m in r["scores"] else "-"
+                    cells.append(f"**{text}**" if m in r["scores"] and r["scores"][m]["mean"] == best[m] else text)
+                lines.append(f"| {r['method']} | {r['runs']} | " + " | ".join(cells) + f" | {r['wall_seconds']:.0f} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot(cfg: "BenchConfig", rows: list[dict[str, Any]]) -> list[Path]:
+    """One PNG per task and black box: each metric's mean per method, with the spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for task in cfg.tasks:
+        for bb in sorted({r["blackbox"] for r in rows if r["task"] == task}):
+            sub = [r for r in rows if r["task"] == task and r["blackbox"] == bb]
+            if not sub:
+                continue
+            metrics = [m for m in sub[0]["scores"] if m != "empty"]
+            fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
+            names = [r["method"] for r in sub]
+            for ax, m in zip(axes[0], metrics):
+                means = [r["scores"][m]["mean"] for r in sub]
+                stds = [r["scores"][m]["std"] for r in sub]
+                ax.bar(range(len(sub)), means, yerr=stds, color="tab:blue", capsize=3)
+                ax.set_xticks(range(len(sub)), names, rotation=60, ha="right", fontsize=8)
+                ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""), fontsize=9)
+            fig.suptitle(f"{task} · {bb}", fontsize=10)
+            fig.tight_layout()
+            path = cfg.output_dir / f"plot-{task}-{bb}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            paths.append(path)
+    return paths
+
+
+def write_report(cfg: "BenchConfig") -> Path:
+    rows = collect(cfg)
+    (cfg.output_dir / "results.json").write_text(json.dumps(rows, indent=2))
+    table = cfg.output_dir / "results.md"
+    table.write_text(markdown(cfg, rows))
+    plot(cfg, rows)
+    return table

@@ -1,0 +1,254 @@
+"""``logitplug bench CONFIG.yaml``: a grid of tasks x black boxes x methods x seeds.
+
+Each cell writes one JSON file when it finishes (atomically), so an interrupted run resumes by
+skipping finished cells; a cell cut short inside training resumes from its checkpoint. The whole
+config is checked before any work starts: an unknown task, black box, method or setting is an
+error up front, not an hour in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from ..blackbox import load_blackbox
+from ..blackbox.registry import REGISTRY
+from ..data import TASKS, Example, get_template, group_by_input, load_task
+from ..decode import GenerationConfig
+from ..eval import METRICS, evaluate, parse_mr, require_java, slot_error_rate
+from ..finetune import LoraTrainConfig
+from ..reweighter import ReweighterConfig
+from ..train import TrainConfig
+from .methods import CellContext, Method, make_method
+from .report import write_report
+
+CONFIG_KEYS = {"name", "output_dir", "tasks", "blackboxes", "methods", "seeds", "data", "generation", "train",
+               "reweighter", "lora", "grid", "templates", "metrics"}
+DATA_KEYS = {"data_dir", "train_rows", "validation_rows", "test_inputs", "split_seed"}
+
+
+class BenchConfigError(ValueError):
+    """The bench config cannot be run as written."""
+
+
+@dataclass
+class BenchConfig:
+    name: str
+    output_dir: Path
+    tasks: list[str]
+    blackboxes: list[str]
+    methods: list[Method]
+    seeds: list[int]
+    data: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    reweighter: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    templates: dict[str, str] = field(default_factory=dict)
+    metrics: list[str] = field(default_factory=lambda: ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"])
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise BenchConfigError(msg)
+
+
+def _check_section(name: str, values: Any, cls: type, where: str) -> dict[str, Any]:
+    _need(isinstance(values or {}, dict), f"{where}: '{name}' must be a mapping")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values or {}) - known)
+    _need(not unknown, f"{where}: unknown {name} setting(s) {unknown}; known: {sorted(known)}")
+    return dict(values or {})
+
+
+def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
+    """Validate a bench config mapping completely; raise ``BenchConfigError`` naming the problem."""
+    _need(isinstance(raw, dict), f"{where}: expected a mapping at the top level")
+    unknown = sorted(set(raw) - CONFIG_KEYS)
+    _need(not unknown, f"{where}: unknown key(s) {unknown}; known: {sorted(CONFIG_KEYS)}")
+    for key in ("tasks", "blackboxes", "methods"):
+        _need(isinstance(raw.get(key), list) and raw[key], f"{where}: '{key}' must be a non-empty list")
+    bad_tasks = [t for t in raw["tasks"] if t not in TASKS]
+    _need(not bad_tasks, f"{where}: unknown task(s) {bad_tasks}; known: {sorted(TASKS)}")
+    for bb in raw["blackboxes"]:
+        _need(str(bb) in REGISTRY or Path(str(bb)).expanduser().exists(),
+              f"{where}: unknown black box {bb!r}: give a registered name ({', '.join(REGISTRY)}) or an existing path")
+    labels = [blackbox_label(str(b)) for b in raw["blackboxes"]]
+    _need(len(set(labels)) == len(labels), f"{where}: black boxes must have distinct names, got {labels}")
+    methods = []
+    for spec in raw["methods"]:
+        try:
+            methods.append(make_method(spec))
+        except ValueError as e:
+            raise BenchConfigError(f"{where}: {e}") from None
+    names = [m.name for m in methods]
+    _need(len(set(names)) == len(names), f"{where}: method names must be unique, got {names}")
+    seeds = raw.get("seeds", [0])
+    _need(isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds),
+          f"{where}: 'seeds' must be a non-empty list of integers")
+    data = dict(raw.get("data") or {})
+    _need(not (set(data) - DATA_KEYS), f"{where}: unknown data setting(s) {sorted(set(data) - DATA_KEYS)}; known: {sorted(DATA_KEYS)}")
+    generation = _check_section("generation", raw.get("generation"), GenerationConfig, where)
+    try:
+        GenerationConfig(**generation)
+    except (TypeError, ValueError) as e:
+        raise BenchConfigError(f"{where}: generation: {e}") from None
+    train = _check_section("train", raw.get("train"), TrainConfig, where)
+    reweighter = _check_section("reweighter", raw.get("reweighter"), ReweighterConfig, where)
+    lora = _check_section("lora", raw.get("lora"), LoraTrainConfig, where)
+    grid = dict(raw.get("grid") or {})
+    _check_section("grid", grid, TrainConfig, where)
+    _need(all(isinstance(v, list) and v for v in grid.values()), f"{where}: every grid entry must be a non-empty list")
+    templates = dict(raw.get("templates") or {})
+    for task, tpl in templates.items():
+        _need(task in raw["tasks"], f"{where}: template given for task {task!r}, which is not in 'tasks'")
+        try:
+            get_template(str(tpl))
+        except ValueError as e:
+            raise BenchConfigError(f"{where}: templates.{task}: {e}") from None
+    metrics = raw.get("metrics") or ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"]
+    bad = [m for m in metrics if m not in METRICS]
+    _need(not bad, f"{where}: unknown metric(s) {bad}; known: {list(METRICS)}")
+    out = Path(raw.get("output_dir") or f"runs/bench/{raw.get('name', 'bench')}")  # relative: to the working dir
+    return BenchConfig(
+        name=str(raw.get("name", out.name)), output_dir=out, tasks=list(raw["tasks"]),
+        blackboxes=[str(b) for b in raw["blackboxes"]], methods=methods, seeds=seeds, data=data,
+        generation=generation, train=train, reweighter=reweighter, lora=lora, grid=grid, templates=templates,
+        metrics=list(metrics), source=raw,
+    )
+
+
+def load_config(path: str | Path) -> BenchConfig:
+    path = Path(path)
+    if not path.exists():
+        raise BenchConfigError(f"bench config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise BenchConfigError(f"{path}: not valid YAML ({e})") from None
+    return parse_config(raw, where=str(path))
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-60:]
+
+
+def blackbox_label(name: str) -> str:
+    """A registered name as is; a path by its last component (folder names in results stay short)."""
+    return name if name in REGISTRY else _slug(Path(name).expanduser().name)
+
+
+def cell_path(cfg: BenchConfig, task: str, blackbox: str, method: str, seed: int | None) -> Path:
+    tail = "unseeded.json" if seed is None else f"seed{seed}.json"
+    return cfg.output_dir / "cells" / task / blackbox_label(blackbox) / _slug(method) / tail
+
+
+@dataclass
+class TaskData:
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    venue_names: list[str]
+
+
+def prepare_task(cfg: BenchConfig, task: str) -> TaskData:
+    """The task's splits, cut to the config's sizes: the same rows for every method and seed."""
+    import random
+
+    splits = load_task(task, cfg.data.get("data_dir"), seed=int(cfg.data.get("split_seed", 0)))
+
+    def cut(rows: list[Example], n: int | None, salt: int) -> list[Example]:
+        if n is None or n >= len(rows):
+            return list(rows)
+        rows = list(rows)
+        random.Random(salt).shuffle(rows)
+        return rows[:n]
+
+    train = cut(splits["train"], cfg.data.get("train_rows"), 1)
+    validation = cut(splits["validation"], cfg.data.get("validation_rows"), 2)
+    test = group_by_input(splits["test"])
+    n_test = cfg.data.get("test_inputs")
+    test = test[:n_test] if n_test else test
+    if not train or not validation or not test:
+        raise BenchConfigError(f"task {task}: an empty split after cutting (train {len(train)}, "
+                               f"validation {len(validation)}, test {len(test)})")
+    names: list[str] = []
+    if task.startswith("e2e"):
+        names = sorted({v for ex in splits["train"] + splits["validation"] + splits["test"]
+                        for k, v in parse_mr(ex.input).items() if k in ("name", "near")})
+    return TaskData(train, validation, test, names)
+
+
+def score(cfg: BenchConfig, task: str, data: TaskData, outputs: list[str]) -> dict[str, float]:
+    refs = [list(ex.references) for ex in data.test]
+    scores = {m: s.score for m, s in evaluate(outputs, refs, cfg.metrics).items()}
+    if task.startswith("e2e"):
+        scores["SER"] = slot_error_rate(outputs, [ex.input for ex in data.test], data.venue_names).score
+    scores["empty"] = float(sum(1 for o in outputs if not o.strip()))
+    return scores
+
+
+def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False) -> Path:
+    """Run every unfinished cell, then write the table and plots; returns the Markdown table's path."""
+    if any(m in ("METEOR", "CIDEr") for m in cfg.metrics):
+        require_java()  # fail now, not after the first cell's training
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.source, sort_keys=False))
+    cells = [(t, b, m, s if m.seeded else None) for t in cfg.tasks for b in cfg.blackboxes for m in cfg.methods
+             for s in (cfg.seeds if m.seeded else [None])]
+    todo = [c for c in cells if not cell_path(cfg, c[0], c[1], c[2].name, c[3]).exists()]
+    if only_report:
+        todo = []
+    print(f"bench {cfg.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
+          f"-> {cfg.output_dir}")
+    task_data: dict[str, TaskData] = {}
+    blackboxes: dict[str, Any] = {}
+    bar = tqdm(todo, desc="cells", disable=not progress, dynamic_ncols=True, position=0)
+    for task, bb_name, method, seed in bar:
+        bar.set_description(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {seed if seed is not None else '-'}")
+        if task not in task_data:
+            task_data[task] = prepare_task(cfg, task)
+        if bb_name not in blackboxes:
+            blackboxes.clear()  # one black box in memory at a time
+            blackboxes[bb_name] = load_blackbox(bb_name)
+        data, bb = task_data[task], blackboxes[bb_name]
+        template = get_template(cfg.templates.get(task, TASKS[task].template))
+        ctx = CellContext(
+            blackbox=bb, task=task, train=data.train, validation=data.validation, test=data.test, template=template,
+            seed=cfg.seeds[0] if seed is None else seed, generation=GenerationConfig(**cfg.generation),
+            models_dir=cfg.output_dir / "models" / task / blackbox_label(bb_name), train_overrides=cfg.train,
+            reweighter_overrides=cfg.reweighter, lora_overrides=cfg.lora, grid=cfg.grid, progress=progress,
+        )
+        t0 = time.perf_counter()
+        result = method.run(ctx)
+        seconds = time.perf_counter() - t0
+        record = {
+            "task": task, "blackbox": blackbox_label(bb_name), "blackbox_path": bb_name, "blackbox_fingerprint": bb.fingerprint, "method": method.name,
+            "seed": seed, "template": template.name, "train_rows": len(data.train),
+            "validation_rows": len(data.validation), "test_inputs": len(data.test),
+            "scores": score(cfg, task, data, result.outputs), "wall_seconds": seconds, "info": result.info,
+            "generations": [{"input": ex.input, "output": o} for ex, o in zip(data.test, result.outputs)],
+        }
+        _atomic_json(cell_path(cfg, task, bb_name, method.name, seed), record)
+        tqdm.write(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {seed}: "
+                   + ", ".join(f"{k} {v:.2f}" for k, v in record["scores"].items()) + f" ({seconds:.0f} s)")
+    bar.close()
+    return write_report(cfg)

@@ -1,0 +1,136 @@
+"""The bench runner on a tiny random-weight black box and a few real CommonGen rows."""
+
+import json
+
+import pytest
+import torch
+
+from logitplug.bench import BenchConfigError, make_method, parse_config, run_bench
+from logitplug.bench.methods import CellContext, test_prompts as build_test_prompts
+from logitplug.combine import ProductRule
+from logitplug.data import Example, PromptTemplate
+from logitplug.decode import GenerationConfig
+from logitplug.reweighter import LogitDifference, Reweighter, ReweighterConfig
+from tiny import tiny_blackbox
+
+ALL_METHODS = ["zero-shot", "icl-1", "small", "mixture-0.5", "plugin", "proxy-tuning", "lora",
+               {"name": "plugin-wd1", "method": "plugin", "train": {"weight_decay": 1.0}}]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tinybb") / "tiny-bb"
+    bb = tiny_blackbox()
+    bb.model.save_pretrained(path)
+    bb.tokenizer.save_pretrained(path)
+    return path
+
+
+def _raw(tiny_dir, out, **kw):
+    return {
+        "name": "tiny", "output_dir": str(out), "tasks": ["commongen"], "blackboxes": [str(tiny_dir)],
+        "methods": ALL_METHODS, "seeds": [0, 1],
+        "data": {"train_rows": 12, "validation_rows": 6, "test_inputs": 3},
+        "generation": {"max_new_tokens": 6, "batch_size": 4},
+        "train": {"epochs": 2, "batch_size": 4, "lr": 1e-3, "progress": False, "checkpoint_every": 0},
+        "reweighter": {"hidden_size": 16, "num_heads": 2, "intermediate_size": 32, "max_positions": 256},
+        "lora": {"epochs": 1, "batch_size": 4, "rank": 2},
+        "metrics": ["BLEU", "ROUGE-L"], **kw,
+    }
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": ["zero-shot", "telepathy"]}, "unknown method 'telepathy'"),
+    ({"tasks": ["e2e", "poetry"]}, r"unknown task\(s\) \['poetry'\]"),
+    ({"blackboxes": ["gpt-17"]}, "unknown black box 'gpt-17'"),
+    ({"train": {"learning_rate": 1}}, r"unknown train setting\(s\) \['learning_rate'\]"),
+    ({"methods": [{"name": "x", "method": "plugin", "reweighter": {"layers": 2}}]}, r"unknown reweighter setting"),
+    ({"methods": ["plugin", "plugin"]}, "must be unique"),
+    ({"generation": {"strategy": "magic"}}, "strategy must be"),
+    ({"seeds": ["a"]}, "seeds"),
+    ({"metrics": ["BLEURT"]}, "unknown metric"),
+    ({"colour": "blue"}, r"unknown key\(s\) \['colour'\]"),
+])
+def test_bad_config_is_refused_before_any_work(tiny_dir, tmp_path, change, message):
+    with pytest.raises(BenchConfigError, match=message):
+        parse_config(_raw(tiny_dir, tmp_path / "out", **change))
+    assert not (tmp_path / "out").exists()
+
+
+def test_grid_runs_every_method_writes_table_and_plot_and_resumes(tiny_dir, tmp_path, capsys):
+    cfg = parse_config(_raw(tiny_dir, tmp_path / "out"))
+    table = run_bench(cfg, progress=False)
+    cells = sorted((tmp_path / "out" / "cells").rglob("*.json"))
+    assert len(cells) == 1 + 7 * 2  # zero-shot is unseeded; every other method runs per seed
+    text = table.read_text()
+    for m in ["zero-shot", "icl-1", "small", "mixture-0.5", "plugin", "proxy-tuning", "lora", "plugin-wd1"]:
+        assert f"| {m} |" in text
+    assert (tmp_path / "out" / "plot-commongen-tiny-bb.png").stat().st_size > 1000
+    rec = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin" / "seed1.json").read_text())
+    assert rec["test_inputs"] == 3 and len(rec["generations"]) == 3 and {"BLEU", "ROUGE-L", "empty"} <= set(rec["scores"])
+    # the small model is trained once and shared with proxy-tuning as its expert
+    small = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "small" / "seed0.json").read_text())
+    proxy = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "proxy-tuning" / "seed0.json").read_text())
+    assert proxy["info"]["expert"]["artifact"] == small["info"]["artifact"]
+    plugin0 = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin" / "seed0.json").read_text())
+    wd1 = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin-wd1" / "seed0.json").read_text())
+    assert plugin0["info"]["artifact"] != wd1["info"]["artifact"]
+
+    # rerun: nothing to do; remove one cell: only that one runs, reusing its trained model
+    models = sorted(p.name for p in (tmp_path / "out" / "models" / "commongen" / "tiny-bb").iterdir())
+    capsys.readouterr()
+    run_bench(cfg, progress=False)
+    assert "0 to run" in capsys.readouterr().out
+    (tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin" / "seed1.json").unlink()
+    run_bench(cfg, progress=False)
+    assert "1 to run" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out" / "models" / "commongen" / "tiny-bb").iterdir()) == models
+    again = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin" / "seed1.json").read_text())
+    assert again["generations"] == rec["generations"]
+
+
+def test_grid_search_picks_the_lowest_validation_loss(tiny_dir, tmp_path):
+    raw = _raw(tiny_dir, tmp_path / "out", methods=["plugin"], seeds=[0], grid={"lr": [1e-6, 3e-3]})
+    run_bench(parse_config(raw), progress=False)
+    rec = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin" / "seed0.json").read_text())
+    assert rec["info"]["grid_points"] == 2 and rec["info"]["selected"] == {"lr": 3e-3}
+
+
+def test_icl_drops_demonstrations_that_do_not_fit_the_context():
+    bb = tiny_blackbox()  # 256-token context
+    template = PromptTemplate("t", "Concepts: {input}\nSentence:")
+    long = Example("x " * 150, "y " * 150)
+    short = Example("dog, ball", "The dog plays with a ball.")
+    ctx = CellContext(blackbox=bb, task="t", train=[], validation=[], test=[Example("cat, mat")], template=template,
+                      seed=0, generation=GenerationConfig(max_new_tokens=16), models_dir=None)
+    kept = build_test_prompts(ctx, [long, short])[0]
+    assert len(kept) <= 256 - 16
+    assert kept == bb.tokenizer(template.render_with_demos("cat, mat", [short]))["input_ids"]
+
+
+def test_method_names_parse():
+    assert make_method("icl-3").shots == 3
+    assert make_method("mixture-0.25").mixture_weight == 0.25
+    assert make_method("proxy-tuning-0.5").alpha == 0.5
+    with pytest.raises(ValueError, match="unknown method"):
+        make_method("icl")
+
+
+def test_logit_difference_with_product_rule_is_proxy_tuning():
+    torch.manual_seed(0)
+    cfg = dict(num_layers=1, hidden_size=16, num_heads=2, intermediate_size=32)
+    expert = Reweighter.build(ReweighterConfig(**cfg), 50, seed=1)
+    anti = Reweighter.build(ReweighterConfig(**cfg), 50, seed=2)
+    diff = LogitDifference(expert, anti)
+    ids = torch.randint(0, 50, (2, 7))
+    mask = torch.ones_like(ids)
+    bb = torch.log_softmax(torch.randn(2, 7, 50), -1)
+    e, a = expert(ids, mask), anti(ids, mask)
+    want = torch.log_softmax(bb + 0.7 * (torch.log_softmax(e, -1) - torch.log_softmax(a, -1)), -1)
+    got = ProductRule(0.7)(bb, diff(ids, mask))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # incremental decoding gives the same signal as the teacher-forced pass
+    first, state = diff.start(ids[:, :5], mask[:, :5])
+    torch.testing.assert_close(first, diff(ids[:, :5], mask[:, :5])[:, -1], atol=1e-5, rtol=1e-5)
+    nxt = diff.step(state, ids[:, 5])
+    torch.testing.assert_close(nxt, diff(ids[:, :6], mask[:, :6])[:, -1], atol=1e-5, rtol=1e-5)
