@@ -292,6 +292,7 @@ def bench(
     config: Path = typer.Argument(..., help="bench config (YAML); examples in benchmarks/*.yaml"),
     output_dir: Optional[Path] = typer.Option(None, help="override the config's output_dir"),
     report_only: bool = typer.Option(False, "--report-only", help="only rebuild the table and plots from finished cells"),
+    seeds: Optional[str] = typer.Option(None, help="run only these seeds now, e.g. '0' or '0,1' (a first pass)"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
     """Run a grid of tasks x black boxes x methods x seeds; rerun to resume (finished cells are skipped).
@@ -307,6 +308,11 @@ def bench(
         cfg = load_config(config)
         if output_dir is not None:
             cfg.output_dir = output_dir
+        if seeds is not None:
+            try:
+                cfg.seeds = [int(s) for s in seeds.split(",") if s.strip()]
+            except ValueError:
+                _fail(f"--seeds takes comma-separated integers, got {seeds!r}")
         table = run_bench(cfg, progress=progress, only_report=report_only)
     except (BenchConfigError, FileNotFoundError, RuntimeError) as e:
         if isinstance(e, TrainingInterrupted):

@@ -39,6 +39,7 @@ def collect(cfg: "BenchConfig") -> list[dict[str, Any]]:
                     "task": task, "blackbox": bb, "method": method.name, "runs": len(recs),
                     "seeds": [r["seed"] for r in recs], "test_inputs": recs[0]["test_inputs"],
                     "train_rows": recs[0]["train_rows"], "scores": summary,
+                    "per_seed": {str(r["seed"]): r["scores"] for r in recs},
                     "wall_seconds": statistics.fmean(r["wall_seconds"] for r in recs),
                 })
     return rows
