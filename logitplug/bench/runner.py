@@ -248,7 +248,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             "generations": [{"input": ex.input, "output": o} for ex, o in zip(data.test, result.outputs)],
         }
         _atomic_json(cell_path(cfg, task, bb_name, method.name, seed), record)
-        tqdm.write(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {seed}: "
+        tqdm.write(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {'-' if seed is None else seed}: "
                    + ", ".join(f"{k} {v:.2f}" for k, v in record["scores"].items()) + f" ({seconds:.0f} s)")
     bar.close()
     return write_report(cfg)
