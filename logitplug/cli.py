@@ -84,6 +84,9 @@ def train(
     patience: int = typer.Option(3, help=_help(_T, "patience")),
     max_length: int = typer.Option(256, help=_help(_T, "max_length")),
     rule: str = typer.Option("product", help=_help(_T, "rule")),
+    alpha: float = typer.Option(1.0, help=_help(_T, "alpha")),
+    mixture_weight: float = typer.Option(0.5, help=_help(_T, "mixture_weight")),
+    support_k: int = typer.Option(0, help=_help(_T, "support_k")),
     layers: int = typer.Option(1, help=_help(_R, "num_layers")),
     hidden: int = typer.Option(256, help=_help(_R, "hidden_size")),
     heads: int = typer.Option(4, help=_help(_R, "num_heads")),
@@ -112,6 +115,7 @@ def train(
             output_dir=str(output_dir), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             patience=patience, max_length=max_length, rule=rule, cache=cache, cache_dir=cache_dir,  # type: ignore[arg-type]
             cache_top_k=cache_top_k, checkpoint_every=checkpoint_every, max_steps=max_steps, seed=seed,
+            alpha=alpha, mixture_weight=mixture_weight, support_k=support_k,
         )
         rcfg = ReweighterConfig(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=ffn,
                                 zero_init_head=zero_init_head, init_from=init_from)
@@ -158,8 +162,9 @@ def generate(
     input_column: str = typer.Option("input", help="column holding the task input"),
     template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP + " (default: the plugin's, else the task's, else 'plain')"),
     chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
-    rule: str = typer.Option("product", help="combination rule: product, mixture, reweighter, blackbox"),
-    alpha: float = typer.Option(1.0, help="product-rule strength"),
+    rule: Optional[str] = typer.Option(
+        None, help="combination rule: product, product-topk, mixture, reweighter, blackbox (default: the one the plugin was trained through)"),
+    alpha: Optional[float] = typer.Option(None, help="reweighting strength for product rules (default: the plugin's, else 1.0)"),
     strategy: str = typer.Option("greedy", help=_help(_G, "strategy")),
     max_new_tokens: int = typer.Option(64, help=_help(_G, "max_new_tokens")),
     min_new_tokens: int = typer.Option(0, help=_help(_G, "min_new_tokens")),
@@ -177,6 +182,7 @@ def generate(
     from .data import PromptTemplate, encode_prompt, get_template, group_by_input
     from .decode import Decoder, GenerationConfig
     from .reweighter import Reweighter, TokenizerMismatchError, read_sidecar
+    from .train import trained_rule
 
     try:
         gcfg = GenerationConfig(
@@ -184,8 +190,14 @@ def generate(
             num_beams=num_beams, repetition_penalty=repetition_penalty, repetition_scope=repetition_scope,  # type: ignore[arg-type]
             stop_strings=tuple(stop), batch_size=batch_size, seed=seed,
         )
-        kwargs = {"alpha": alpha} if rule == "product" else {}
-        combination = get_rule(rule, **kwargs)
+        if rule is None and plugin is not None and (plugin / "logitplug.json").exists():
+            combination = trained_rule(plugin)
+        else:
+            combination = get_rule(rule or "product")
+        if alpha is not None:
+            if not hasattr(combination, "alpha"):
+                _fail(f"--alpha applies to product rules, not to {combination.name!r}")
+            combination.alpha = float(alpha)
     except ValueError as e:
         _fail(str(e))
     tmpl = None

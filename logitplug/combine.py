@@ -61,6 +61,54 @@ class ProductRule(CombinationRule):
         return f"rule:product|alpha:{self.alpha:g}"
 
 
+class SupportProductRule(CombinationRule):
+    """The product rule restricted to the black box's top-k support, plus one "rest" bucket.
+
+    The reweighter's logits count only on the k tokens the black box ranks highest; every other
+    token keeps z_r = 0, so the mass outside the support moves as one bucket, split among its
+    tokens as the black box splits it. This is exactly what a closed API with top-k
+    log-probabilities allows, and a reweighter trained this way cannot lift a token the black box
+    deems implausible above the support. Equivalent to ``ProductRule`` when k >= V.
+
+    Args:
+        k (int): support size (closed APIs: at most 20).
+        alpha (float, default 1.0): strength of the reweighting.
+
+    Examples:
+        >>> import torch
+        >>> bb = torch.log_softmax(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), -1)
+        >>> rw = torch.tensor([[0.0, 0.0, 0.0, 9.0]])  # tries to promote the least likely token
+        >>> SupportProductRule(k=2)(bb, rw).argmax(-1).tolist()
+        [0]
+        >>> torch.allclose(SupportProductRule(k=4)(bb, rw), ProductRule()(bb, rw))
+        True
+    """
+
+    name = "product-topk"
+
+    def __init__(self, k: int = 20, alpha: float = 1.0):
+        if int(k) < 1:
+            raise ValueError(f"SupportProductRule k must be >= 1, got {k!r}")
+        if not math.isfinite(alpha):
+            raise ValueError(f"SupportProductRule alpha must be a finite number, got {alpha!r}")
+        self.k, self.alpha = int(k), float(alpha)
+
+    def support_mask(self, bb_logprobs: torch.Tensor) -> torch.Tensor:
+        """(..., V) True on the black box's top-k tokens."""
+        k = min(self.k, bb_logprobs.shape[-1])
+        top = bb_logprobs.topk(k, dim=-1).indices
+        return torch.zeros_like(bb_logprobs, dtype=torch.bool).scatter(-1, top, True)
+
+    def __call__(self, bb_logprobs, rw_logits):
+        if rw_logits is None:
+            raise ValueError("SupportProductRule needs reweighter logits, got None")
+        rw = torch.where(self.support_mask(bb_logprobs), rw_logits.float(), 0.0)
+        return torch.log_softmax(bb_logprobs.float() + self.alpha * rw, dim=-1)
+
+    def signature(self) -> str:
+        return f"rule:product-topk|k:{self.k}|alpha:{self.alpha:g}"
+
+
 class BlackBoxOnly(CombinationRule):
     """The black box alone (zero-shot baseline); the reweighter is ignored.
 
@@ -130,7 +178,7 @@ class MixtureRule(CombinationRule):
 
 
 RULES: dict[str, type[CombinationRule]] = {
-    cls.name: cls for cls in (ProductRule, BlackBoxOnly, ReweighterOnly, MixtureRule)
+    cls.name: cls for cls in (ProductRule, SupportProductRule, BlackBoxOnly, ReweighterOnly, MixtureRule)
 }
 
 

@@ -14,7 +14,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -78,6 +78,10 @@ class TrainConfig:
                           "the black box's distribution (proxy-tuning's anti-expert; needs rule=reweighter)"},
     )
     alpha: float = field(default=1.0, metadata={"help": "product-rule strength"})
+    support_k: int = field(
+        default=0, metadata={"help": "rule=product only: reweight only the black box's top-k tokens plus a rest bucket "
+                                     "(0: the whole vocabulary, the paper's rule)"}
+    )
     mixture_weight: float = field(default=0.5, metadata={"help": "small-model weight for rule=mixture"})
     cache: bool = field(default=True, metadata={"help": "record black-box log-probs once and replay them"})
     cache_dir: str | None = field(default=None, metadata={"help": "log-prob cache folder (default: under LOGITPLUG_HOME)"})
@@ -97,12 +101,17 @@ class TrainConfig:
             raise ValueError("TrainConfig: weight_decay >= 0, 0 <= warmup_ratio < 1 and patience >= 1 are required")
         if self.rule not in ("product", "mixture", "reweighter"):
             raise ValueError(f"TrainConfig.rule must be 'product', 'mixture' or 'reweighter', got {self.rule!r}")
+        if self.support_k < 0 or (self.support_k and self.rule != "product"):
+            raise ValueError("TrainConfig.support_k must be >= 0 and needs rule='product'")
         if self.objective not in ("mle", "distill"):
             raise ValueError(f"TrainConfig.objective must be 'mle' or 'distill', got {self.objective!r}")
         if self.objective == "distill" and self.rule != "reweighter":
             raise ValueError("TrainConfig.objective='distill' trains the reweighter alone: set rule='reweighter'")
 
     def combination(self):
+        """The rule this plugin is trained through, and should be decoded with."""
+        if self.rule == "product" and self.support_k:
+            return get_rule("product-topk", k=self.support_k, alpha=self.alpha)
         if self.rule == "product":
             return get_rule("product", alpha=self.alpha)
         if self.rule == "mixture":
@@ -406,3 +415,12 @@ def _slug(fingerprint: str) -> str:
 
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in fingerprint.split("|")[0])[:40]
     return f"{safe}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
+
+
+def trained_rule(plugin_dir: str | Path):
+    """The combination rule a saved plugin was trained through (decode with the same one)."""
+    from .reweighter import read_sidecar
+
+    saved = dict(read_sidecar(plugin_dir).get("train_config") or {})
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(output_dir="-", **{k: v for k, v in saved.items() if k in known}).combination()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from logitplug.combine import (
-    BlackBoxOnly, MixtureRule, ProductRule, ReweighterOnly, densify_topk, get_rule, log1mexp,
+    BlackBoxOnly, MixtureRule, ProductRule, ReweighterOnly, SupportProductRule, densify_topk, get_rule, log1mexp,
 )
 
 
@@ -76,3 +76,33 @@ def test_log1mexp_is_stable():
     out = log1mexp(x)
     assert torch.allclose(out[:-1], ref[:-1], rtol=1e-6)
     assert out[-1] == -math.inf
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_support_rule_matches_float64_reference_with_a_rest_bucket(k):
+    g = torch.Generator().manual_seed(1)
+    bb = torch.log_softmax(torch.randn(6, 50, generator=g) * 3, -1)
+    bb[0, :10] = -math.inf
+    rw = torch.randn(6, 50, generator=g) * 5
+    out = SupportProductRule(k, alpha=0.7)(bb, rw)
+    # reference in float64 and probability space: support tokens reweighted, the rest one bucket
+    p = bb.double().exp()
+    top = bb.topk(k, -1).indices
+    support = torch.zeros_like(p, dtype=torch.bool).scatter(-1, top, True)
+    weights = torch.where(support, torch.exp(0.7 * rw.double()), torch.ones_like(p))
+    ref = p * weights / (p * weights).sum(-1, keepdim=True)
+    finite = ref > 0
+    assert torch.equal(torch.isfinite(out), finite)
+    assert torch.allclose(out.exp().double(), ref, atol=1e-6)
+    # outside the support the black box's proportions are kept
+    rest = ~support & finite
+    ratio = (out.double() - bb.double())[rest]
+    for row in range(6):
+        r = (out.double() - bb.double())[row][rest[row]]
+        if r.numel():
+            assert torch.allclose(r, r[0].expand_as(r), atol=1e-5)
+    assert ratio.numel() > 0
+    assert torch.allclose(SupportProductRule(50)(bb, rw), ProductRule()(bb, rw), atol=1e-6)
+    assert get_rule("product-topk", k=k).signature() == f"rule:product-topk|k:{k}|alpha:1"
+    with pytest.raises(ValueError, match="k must be"):
+        SupportProductRule(0)

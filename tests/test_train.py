@@ -120,3 +120,16 @@ def test_distill_objective_trains_the_reweighter_to_imitate_the_black_box(tmp_pa
     assert kl(rw) < 0.5 * kl(fresh)
     with pytest.raises(ValueError, match="rule='reweighter'"):
         _config(tmp_path, objective="distill")
+
+
+def test_support_k_trains_through_the_topk_rule_and_the_plugin_remembers_it(tmp_path):
+    from logitplug.combine import SupportProductRule
+    from logitplug.train import trained_rule
+
+    bb = tiny_blackbox()
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path, epochs=3, support_k=8), SMALL)
+    assert result.best_loss < result.blackbox_loss
+    rule = trained_rule(result.plugin_dir)
+    assert isinstance(rule, SupportProductRule) and rule.k == 8
+    with pytest.raises(ValueError, match="support_k"):
+        _config(tmp_path, support_k=8, rule="mixture")

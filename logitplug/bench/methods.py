@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..blackbox import LocalBlackBox
-from ..combine import BlackBoxOnly, MixtureRule, ProductRule, ReweighterOnly
+from ..combine import BlackBoxOnly, ProductRule
 from ..data import Example, PromptTemplate
 from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..reweighter import LogitDifference, Reweighter, ReweighterConfig
-from ..train import TrainConfig, train
+from ..train import TrainConfig, train, trained_rule
 
 
 @dataclass
@@ -157,20 +157,14 @@ class TrainedCombination(Method):
         self.rule = rule
         self.mixture_weight = mixture_weight
 
-    def _rule(self, alpha: float):
-        if self.rule == "product":
-            return ProductRule(alpha)
-        if self.rule == "mixture":
-            return MixtureRule(self.mixture_weight)
-        return ReweighterOnly()
-
     def run(self, ctx: CellContext) -> MethodOutput:
         overrides = {**self.train_overrides, "rule": self.rule}
         if self.rule == "mixture":
             overrides["mixture_weight"] = self.mixture_weight
         reweighter, info = train_reweighter(ctx, overrides, self.reweighter_overrides)
-        alpha = {**ctx.train_overrides, **overrides}.get("alpha", 1.0)
-        return MethodOutput(self._decode(ctx, test_prompts(ctx), reweighter=reweighter, rule=self._rule(alpha)), info)
+        rule = trained_rule(info["artifact"])  # decode through the rule it was trained through
+        info["rule"] = rule.signature()
+        return MethodOutput(self._decode(ctx, test_prompts(ctx), reweighter=reweighter, rule=rule), info)
 
 
 class ProxyTuning(Method):
