@@ -87,6 +87,11 @@ def test_grid_runs_every_method_writes_table_and_plot_and_resumes(tiny_dir, tmp_
     assert sorted(p.name for p in (tmp_path / "out" / "models" / "commongen" / "tiny-bb").iterdir()) == models
     again = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin" / "seed1.json").read_text())
     assert again["generations"] == rec["generations"]
+    # changed settings make the affected cells stale: they run again instead of being reused
+    changed = parse_config(_raw(tiny_dir, tmp_path / "out", methods=["zero-shot", "plugin"],
+                                generation={"max_new_tokens": 4, "batch_size": 4}))
+    run_bench(changed, progress=False)
+    assert "3 to run" in capsys.readouterr().out
 
 
 def test_grid_search_picks_the_lowest_validation_loss(tiny_dir, tmp_path):
@@ -110,6 +115,10 @@ def test_icl_drops_demonstrations_that_do_not_fit_the_context():
 
 def test_method_names_parse():
     assert make_method("icl-3").shots == 3
+    variant = make_method({"name": "p", "method": "plugin", "generation": {"repetition_scope": "all"}})
+    assert variant.generation_overrides == {"repetition_scope": "all"}
+    with pytest.raises(ValueError, match="unknown generation setting"):
+        make_method({"name": "p", "method": "plugin", "generation": {"beams": 2}})
     assert make_method("mixture-0.25").mixture_weight == 0.25
     assert make_method("proxy-tuning-0.5").alpha == 0.5
     with pytest.raises(ValueError, match="unknown method"):

@@ -60,17 +60,19 @@ class Method(ABC):
     seeded: bool = True
 
     def __init__(self, name: str, train: dict[str, Any] | None = None, reweighter: dict[str, Any] | None = None,
-                 lora: dict[str, Any] | None = None):
+                 lora: dict[str, Any] | None = None, generation: dict[str, Any] | None = None):
         self.name = name
         self.train_overrides = dict(train or {})
         self.reweighter_overrides = dict(reweighter or {})
         self.lora_overrides = dict(lora or {})
+        self.generation_overrides = dict(generation or {})
 
     @abstractmethod
     def run(self, ctx: CellContext) -> MethodOutput: ...
 
     def _decode(self, ctx: CellContext, prompts: list[list[int]], blackbox=None, reweighter=None, rule=None) -> list[str]:
-        decoder = Decoder(blackbox or ctx.blackbox, reweighter, rule or BlackBoxOnly(), ctx.generation)
+        config = replace(ctx.generation, **self.generation_overrides)
+        decoder = Decoder(blackbox or ctx.blackbox, reweighter, rule or BlackBoxOnly(), config)
         return [g.text for g in decoder.generate_ids(prompts, progress=ctx.progress)]
 
 
@@ -220,19 +222,20 @@ METHOD_HELP = {p.pattern: h for p, _, h in _PATTERNS}
 
 def make_method(spec: str | dict[str, Any]) -> Method:
     """A method from its name (``icl-3``, ``mixture-0.25``) or a dict ``{name, method, train,
-    reweighter, lora}`` naming a variant of a base method with its own settings."""
+    reweighter, lora, generation}`` naming a variant of a base method with its own settings."""
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"a method is a name or a mapping with 'name'; got {spec!r}")
-    unknown = set(spec) - {"name", "method", "train", "reweighter", "lora"}
+    unknown = set(spec) - {"name", "method", "train", "reweighter", "lora", "generation"}
     if unknown:
         raise ValueError(f"method {spec['name']!r}: unknown keys {sorted(unknown)}")
     base = str(spec.get("method", spec["name"]))
     for pattern, factory, _ in _PATTERNS:
         m = pattern.fullmatch(base)
         if m:
-            kw = {k: spec.get(k) for k in ("train", "reweighter", "lora")}
+            kw = {k: spec.get(k) for k in ("train", "reweighter", "lora", "generation")}
+            _check_keys(spec["name"], "generation", kw["generation"], GenerationConfig)
             _check_keys(spec["name"], "train", kw["train"], TrainConfig)
             _check_keys(spec["name"], "reweighter", kw["reweighter"], ReweighterConfig)
             _check_keys(spec["name"], "lora", kw["lora"], LoraTrainConfig)

@@ -161,6 +161,30 @@ def cell_path(cfg: BenchConfig, task: str, blackbox: str, method: str, seed: int
     return cfg.output_dir / "cells" / task / blackbox_label(blackbox) / _slug(method) / tail
 
 
+def settings_key(cfg: BenchConfig, method: Method) -> str:
+    """What a cell's result depends on besides (task, black box, method name, seed): a finished
+    cell made with other settings is stale and runs again."""
+    from .methods import _key
+
+    spec = next((m for m in cfg.source.get("methods", []) if (m if isinstance(m, str) else m.get("name")) == method.name),
+                method.name)
+    return _key(spec, cfg.data, cfg.generation, cfg.train, cfg.reweighter, cfg.lora, cfg.grid, cfg.templates,
+                cfg.metrics)
+
+
+def _is_done(path: Path, key: str) -> bool:
+    if not path.exists():
+        return False
+    try:
+        found = json.loads(path.read_text()).get("settings_key")
+    except json.JSONDecodeError:
+        return False
+    if found != key:
+        print(f"{path}: made with other settings; it will run again")
+        return False
+    return True
+
+
 @dataclass
 class TaskData:
     train: list[Example]
@@ -214,7 +238,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
     (cfg.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.source, sort_keys=False))
     cells = [(t, b, m, s if m.seeded else None) for t in cfg.tasks for b in cfg.blackboxes for m in cfg.methods
              for s in (cfg.seeds if m.seeded else [None])]
-    todo = [c for c in cells if not cell_path(cfg, c[0], c[1], c[2].name, c[3]).exists()]
+    todo = [c for c in cells if not _is_done(cell_path(cfg, c[0], c[1], c[2].name, c[3]), settings_key(cfg, c[2]))]
     if only_report:
         todo = []
     print(f"bench {cfg.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
@@ -245,6 +269,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             "seed": seed, "template": template.name, "train_rows": len(data.train),
             "validation_rows": len(data.validation), "test_inputs": len(data.test),
             "scores": score(cfg, task, data, result.outputs), "wall_seconds": seconds, "info": result.info,
+            "settings_key": settings_key(cfg, method),
             "generations": [{"input": ex.input, "output": o} for ex, o in zip(data.test, result.outputs)],
         }
         _atomic_json(cell_path(cfg, task, bb_name, method.name, seed), record)
