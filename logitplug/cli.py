@@ -87,6 +87,8 @@ def train(
     alpha: float = typer.Option(1.0, help=_help(_T, "alpha")),
     mixture_weight: float = typer.Option(0.5, help=_help(_T, "mixture_weight")),
     support_k: int = typer.Option(0, help=_help(_T, "support_k")),
+    select_by: str = typer.Option("loss", help=_help(_T, "select_by")),
+    select_inputs: int = typer.Option(100, help=_help(_T, "select_inputs")),
     layers: int = typer.Option(1, help=_help(_R, "num_layers")),
     hidden: int = typer.Option(256, help=_help(_R, "hidden_size")),
     heads: int = typer.Option(4, help=_help(_R, "num_heads")),
@@ -115,7 +117,8 @@ def train(
             output_dir=str(output_dir), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
             patience=patience, max_length=max_length, rule=rule, cache=cache, cache_dir=cache_dir,  # type: ignore[arg-type]
             cache_top_k=cache_top_k, checkpoint_every=checkpoint_every, max_steps=max_steps, seed=seed,
-            alpha=alpha, mixture_weight=mixture_weight, support_k=support_k,
+            alpha=alpha, mixture_weight=mixture_weight, support_k=support_k, select_by=select_by,
+            select_inputs=select_inputs,
         )
         rcfg = ReweighterConfig(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=ffn,
                                 zero_init_head=zero_init_head, init_from=init_from)
@@ -138,7 +141,14 @@ def train(
     from .data import DataError
 
     try:
-        result = run_train(bb, train_rows, eval_rows, tmpl, tcfg, rcfg)
+        selector = None
+        if tcfg.select_by != "loss":
+            from .decode import GenerationConfig
+            from .selection import text_metric_selector
+
+            selector = text_metric_selector(bb, tmpl, eval_rows, tcfg.select_by, tcfg.combination(),
+                                            GenerationConfig(repetition_penalty=1.1), tcfg.select_inputs)
+        result = run_train(bb, train_rows, eval_rows, tmpl, tcfg, rcfg, selector=selector)
     except TrainingInterrupted as e:
         typer.secho(str(e), fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130)

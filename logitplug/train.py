@@ -86,12 +86,22 @@ class TrainConfig:
     cache: bool = field(default=True, metadata={"help": "record black-box log-probs once and replay them"})
     cache_dir: str | None = field(default=None, metadata={"help": "log-prob cache folder (default: under LOGITPLUG_HOME)"})
     cache_top_k: int = field(default=256, metadata={"help": "log-probs kept per position in the cache"})
+    select_by: str = field(
+        default="loss",
+        metadata={"help": "what picks the best epoch and drives early stopping: 'loss' (held-out NLL, the paper's) or a "
+                          "text metric (BLEU, ROUGE-L, METEOR, ...) of greedy outputs on held-out inputs"},
+    )
+    select_inputs: int = field(default=100, metadata={"help": "held-out inputs decoded per epoch when select_by is a metric"})
     checkpoint_every: int = field(default=200, metadata={"help": "optimizer steps between checkpoints (0: per epoch only)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: no limit)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "max_length", "cache_top_k")
+        from .eval import METRICS
+
+        if self.select_by != "loss" and self.select_by not in METRICS:
+            raise ValueError(f"TrainConfig.select_by must be 'loss' or a metric ({', '.join(METRICS)}), got {self.select_by!r}")
+        positive = ("epochs", "batch_size", "max_length", "cache_top_k", "select_inputs")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
@@ -132,7 +142,8 @@ class TrainState:
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
-    best_loss: float = math.inf
+    best_loss: float = math.inf  # held-out loss of the selected epoch
+    best_criterion: float = math.inf  # what selection minimizes: the loss, or minus the text metric
     best_epoch: int = -1
     bad_epochs: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
@@ -247,11 +258,17 @@ def train(
     reweighter_config: ReweighterConfig | None = None,
     callbacks: Sequence[Callable[[TrainState], None]] = (),
     resume: bool = True,
+    selector: Callable[[Reweighter], float] | None = None,
 ) -> TrainResult:
     """Train a plugin; returns where it was saved. Resumes from ``output_dir/checkpoint`` if present.
 
-    ``callbacks`` run after every optimizer step with the current ``TrainState``.
+    ``callbacks`` run after every optimizer step with the current ``TrainState``. ``selector``
+    scores the reweighter after each epoch (higher is better; see ``selection.text_metric_selector``)
+    and is required when ``config.select_by`` is not ``"loss"``.
     """
+    if config.select_by != "loss" and selector is None:
+        raise ValueError(f"select_by={config.select_by!r} needs a selector that decodes held-out inputs "
+                         "(logitplug.selection.text_metric_selector; the CLI and bench build it)")
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_linear_schedule_with_warmup
@@ -368,15 +385,25 @@ def train(
             record = {"epoch": state.epoch + 1, "step": state.global_step, "eval_loss": eval_loss,
                       "blackbox_eval_loss": zero_shot_loss, "train_loss": loss_avg if loss_avg is not None else math.nan,
                       "epoch_seconds": time.perf_counter() - t0}
+            criterion, shown = eval_loss, ""
+            if config.select_by != "loss":
+                model.eval()
+                score = float(selector(accelerator.unwrap_model(model)))  # type: ignore[misc]
+                model.train()
+                record[f"validation_{config.select_by}"] = score
+                criterion, shown = -score, f", validation {config.select_by} {score:.2f}"
             state.history.append(record)
             accelerator.print(
-                f"epoch {state.epoch + 1}: held-out loss {eval_loss:.4f} (black box alone {zero_shot_loss:.4f})"
+                f"epoch {state.epoch + 1}: held-out loss {eval_loss:.4f} (black box alone {zero_shot_loss:.4f}){shown}"
             )
-            if eval_loss < state.best_loss - 1e-4:
-                state.best_loss, state.best_epoch, state.bad_epochs = eval_loss, state.epoch + 1, 0
+            if criterion < state.best_criterion - 1e-4:
+                state.best_criterion, state.best_loss = criterion, eval_loss
+                state.best_epoch, state.bad_epochs = state.epoch + 1, 0
                 if accelerator.is_main_process:
                     accelerator.unwrap_model(model).save_pretrained(
-                        out / BEST_DIR, blackbox.fingerprint, {**run_info, "best_epoch": state.best_epoch, "eval_loss": eval_loss}
+                        out / BEST_DIR, blackbox.fingerprint,
+                        {**run_info, "best_epoch": state.best_epoch, "eval_loss": eval_loss,
+                         "selection": {"by": config.select_by, "value": -criterion if config.select_by != "loss" else eval_loss}},
                     )
             else:
                 state.bad_epochs += 1

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from logitplug.data import Example, PromptTemplate, encode_prompt
+from logitplug.combine import ProductRule
 from logitplug.decode import Decoder, GenerationConfig
 from logitplug.reweighter import Reweighter, ReweighterConfig
 from logitplug.train import TrainConfig, TrainingInterrupted, train
@@ -133,3 +134,39 @@ def test_support_k_trains_through_the_topk_rule_and_the_plugin_remembers_it(tmp_
     assert isinstance(rule, SupportProductRule) and rule.k == 8
     with pytest.raises(ValueError, match="support_k"):
         _config(tmp_path, support_k=8, rule="mixture")
+
+
+def test_selection_by_a_text_metric_keeps_the_epoch_with_the_best_score(tmp_path):
+    import json
+
+    from logitplug.selection import text_metric_selector
+
+    bb = tiny_blackbox()
+    cfg = _config(tmp_path, epochs=4, select_by="BLEU", select_inputs=4)
+    scores = iter([10.0, 40.0, 20.0, 30.0])  # a stand-in scorer with a known best epoch (2)
+    seen = []
+
+    def selector(rw):
+        seen.append(rw.training)
+        return next(scores)
+
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL, selector=selector)
+    sidecar = json.loads((result.plugin_dir / "logitplug.json").read_text())
+    assert sidecar["best_epoch"] == 2 and sidecar["selection"] == {"by": "BLEU", "value": 40.0}
+    assert seen == [False] * 4  # scored in eval mode
+    history = json.loads((result.plugin_dir / "history.json").read_text())
+    assert [h["validation_BLEU"] for h in history] == [10.0, 40.0, 20.0, 30.0]
+    with pytest.raises(ValueError, match="needs a selector"):
+        train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "b", select_by="BLEU"), SMALL)
+    with pytest.raises(ValueError, match="select_by must be"):
+        _config(tmp_path, select_by="accuracy")
+    # the real scorer decodes held-out inputs and scores them against their references
+    scorer = text_metric_selector(bb, TEMPLATE, EXAMPLES[:2], "ROUGE-L", ProductRule(),
+                                  GenerationConfig(max_new_tokens=40), max_inputs=2)
+    from logitplug.eval import evaluate
+
+    trained = Reweighter.from_pretrained(result.plugin_dir, bb.fingerprint)
+    prompts = [encode_prompt(bb.tokenizer, TEMPLATE, e.input) for e in EXAMPLES[:2]]
+    outputs = [g.text for g in Decoder(bb, trained, ProductRule(), GenerationConfig(max_new_tokens=40)).generate_ids(prompts)]
+    want = evaluate(outputs, [[e.target] for e in EXAMPLES[:2]], ["ROUGE-L"])["ROUGE-L"].score
+    assert scorer(trained) == pytest.approx(want)

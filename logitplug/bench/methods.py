@@ -25,6 +25,7 @@ from ..data import Example, PromptTemplate
 from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..reweighter import LogitDifference, Reweighter, ReweighterConfig
+from ..selection import text_metric_selector
 from ..train import TrainConfig, train, trained_rule
 
 
@@ -127,7 +128,7 @@ def _data_key(ctx: CellContext) -> str:
 def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweighter_overrides: dict[str, Any],
                      ) -> tuple[Reweighter, dict[str, Any]]:
     """Train one reweighter per point of the cell's hyperparameter grid (or reuse a finished one);
-    return the one with the lowest held-out loss."""
+    return the best by held-out loss, or by the validation text metric when ``select_by`` names one."""
     grid = {k: v for k, v in ctx.grid.items() if k not in train_overrides}
     points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())] or [{}]
     best: tuple[float, Path, dict[str, Any]] | None = None
@@ -140,14 +141,21 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         if not (folder / "logitplug.json").exists() or (folder / "checkpoint").exists():
             tcfg = replace(probe, output_dir=str(folder), cache_dir=str(ctx.models_dir / "logprob-cache"),
                            progress=ctx.progress)
-            train(ctx.blackbox, ctx.train, ctx.validation, ctx.template, tcfg, rcfg)
-        loss = json.loads((folder / "logitplug.json").read_text())["eval_loss"]
-        if best is None or loss < best[0]:
-            best = (loss, folder, point)
+            selector = None
+            if tcfg.select_by != "loss":
+                selector = text_metric_selector(ctx.blackbox, ctx.template, ctx.validation, tcfg.select_by,
+                                                tcfg.combination(), ctx.generation, tcfg.select_inputs)
+            train(ctx.blackbox, ctx.train, ctx.validation, ctx.template, tcfg, rcfg, selector=selector)
+        sidecar = json.loads((folder / "logitplug.json").read_text())
+        # lower is better: the held-out loss, or minus the selection metric
+        criterion = sidecar["eval_loss"] if probe.select_by == "loss" else -sidecar["selection"]["value"]
+        if best is None or criterion < best[0]:
+            best = (criterion, folder, point, sidecar)
     assert best is not None
-    loss, folder, point = best
+    _, folder, point, sidecar = best
     return Reweighter.from_pretrained(folder, ctx.blackbox.fingerprint), {
-        "eval_loss": loss, "selected": point, "artifact": str(folder), "grid_points": len(points)}
+        "eval_loss": sidecar["eval_loss"], "selection": sidecar.get("selection"), "best_epoch": sidecar.get("best_epoch"),
+        "selected": point, "artifact": str(folder), "grid_points": len(points)}
 
 
 class TrainedCombination(Method):
