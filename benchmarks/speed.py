@@ -24,7 +24,7 @@ import torch
 from logitplug import __version__
 from logitplug.blackbox import load_blackbox
 from logitplug.cache import LogProbCache
-from logitplug.combine import BlackBoxOnly, ProductRule
+from logitplug.combine import BlackBoxOnly, ProductRule, SupportProductRule
 from logitplug.data import TEMPLATES, collate, e2e_paper_splits, encode_all, encode_prompt, targets_of
 from logitplug.decode import Decoder, GenerationConfig
 from logitplug.reweighter import Reweighter, ReweighterConfig
@@ -47,7 +47,8 @@ def decode_speed(bb, plugin, prompts, batch_size: int, repeats: int, max_new_tok
     the two do the same number of steps and their times compare like with like."""
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, batch_size=batch_size,
                            repetition_penalty=1.1)
-    methods = {"blackbox": Decoder(bb, None, BlackBoxOnly(), cfg), "plugin": Decoder(bb, plugin, ProductRule(), cfg)}
+    methods = {"blackbox": Decoder(bb, None, BlackBoxOnly(), cfg), "plugin": Decoder(bb, plugin, ProductRule(), cfg),
+               "plugin_top20": Decoder(bb, plugin, SupportProductRule(20), cfg)}
     per_token = {name: [] for name in methods}
     for name, dec in methods.items():  # warm-up
         dec.generate_ids(prompts[:batch_size])
@@ -62,6 +63,8 @@ def decode_speed(bb, plugin, prompts, batch_size: int, repeats: int, max_new_tok
         "batch_size": batch_size, "prompts": len(prompts), "repeats": repeats,
         "blackbox_tok_s": 1 / med["blackbox"], "plugin_tok_s": 1 / med["plugin"],
         "plugin_overhead_pct": 100 * (med["plugin"] / med["blackbox"] - 1),
+        "plugin_top20_tok_s": 1 / med["plugin_top20"],
+        "plugin_top20_overhead_pct": 100 * (med["plugin_top20"] / med["blackbox"] - 1),
     }
 
 
@@ -149,6 +152,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-rows", type=int, default=64)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--decode-only", action="store_true", help="only the decoding comparison (a few minutes)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -165,24 +169,30 @@ def main() -> None:
         "plugin": args.plugin or "untrained, default shape (1 layer, hidden 256)",
         "decode": [decode_speed(bb, plugin, prompts[: (8 if bs == 1 else len(prompts))], bs, args.repeats, args.max_new_tokens)
                    for bs in (1, 8)],
-        "train": train_speed(bb, rows, eval_rows, args.repeats),
-        "cache_loss_gap": [cache_loss_gap(bb, plugin, splits["validation"][:48], k) for k in (16, 64, 256)],
     }
-    if not args.skip_memory:
+    if not args.decode_only:
+        report["train"] = train_speed(bb, rows, eval_rows, args.repeats)
+        report["cache_loss_gap"] = [cache_loss_gap(bb, plugin, splits["validation"][:48], k) for k in (16, 64, 256)]
+    name = "speed-decode" if args.decode_only else "speed"
+    if not args.skip_memory and not args.decode_only:
         report.update(peak_memory({"blackbox": args.blackbox, "plugin": args.plugin, "prompts": prompts[:8],
                                    "rows": rows[:32], "eval_rows": eval_rows[:8]}))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "speed.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / "speed.md").write_text(to_markdown(report))
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (RESULTS / f"{name}.md").write_text(to_markdown(report))
     print(to_markdown(report))
 
 
 def to_markdown(r: dict) -> str:
     lines = [f"Command: `{r['command']}`  ", f"Black box `{r['blackbox']}`, plugin: {r['plugin']}; {r['machine']}.", "",
-             "| decoding | black box tok/s | + plugin tok/s | plugin overhead |", "|---|---|---|---|"]
+             "| decoding | black box tok/s | + plugin tok/s | plugin overhead | + plugin over top-20 support tok/s | its overhead |",
+             "|---|---|---|---|---|---|"]
     for d in r["decode"]:
         lines.append(f"| batch {d['batch_size']} ({d['prompts']} prompts, median of {d['repeats']}) | "
-                     f"{d['blackbox_tok_s']:.1f} | {d['plugin_tok_s']:.1f} | {d['plugin_overhead_pct']:+.1f}% |")
+                     f"{d['blackbox_tok_s']:.1f} | {d['plugin_tok_s']:.1f} | {d['plugin_overhead_pct']:+.1f}% | "
+                     f"{d['plugin_top20_tok_s']:.1f} | {d['plugin_top20_overhead_pct']:+.1f}% |")
+    if "train" not in r:
+        return "\n".join(lines) + "\n"
     t = r["train"]
     lines += ["", "| training epoch | seconds | tokens/s |", "|---|---|---|",
               f"| on the fly (black box every batch) | {t['on_the_fly_epoch_s']:.1f} | {t['on_the_fly_tok_s']:.0f} |",

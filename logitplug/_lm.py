@@ -105,3 +105,43 @@ def step(model: nn.Module, state: StepState, next_tokens: torch.Tensor) -> torch
     )
     state.past_key_values = out.past_key_values
     return out.logits[:, -1, :]
+
+
+@torch.no_grad()
+def prefill_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, StepState]:
+    """Like ``prefill`` but returns the last position's hidden state (B, H), skipping the head."""
+    cache = DynamicCache(config=model.config)
+    out = model.base_model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.last_hidden_state[:, -1, :], StepState(out.past_key_values, attention_mask)
+
+
+@torch.no_grad()
+def step_hidden(model: nn.Module, state: StepState, next_tokens: torch.Tensor) -> torch.Tensor:
+    """Like ``step`` but returns the new hidden state (B, H), skipping the head."""
+    ones = state.attention_mask.new_ones((state.attention_mask.shape[0], 1))
+    state.attention_mask = torch.cat([state.attention_mask, ones], dim=1)
+    out = model.base_model(
+        input_ids=next_tokens[:, None],
+        attention_mask=state.attention_mask,
+        position_ids=position_ids_from_mask(state.attention_mask)[:, -1:],
+        past_key_values=state.past_key_values,
+        use_cache=True,
+    )
+    state.past_key_values = out.past_key_values
+    return out.last_hidden_state[:, -1, :]
+
+
+def head_rows(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Logits (B, k) of only the tokens ``ids`` (B, k): k rows of the head instead of all V."""
+    head = model.get_output_embeddings()
+    weight = head.weight[ids]  # (B, k, H)
+    logits = torch.einsum("bh,bkh->bk", hidden.to(weight.dtype), weight)
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[ids]
+    return _softcap(model, logits)

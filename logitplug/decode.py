@@ -19,7 +19,7 @@ from transformers import LogitsProcessor
 
 from . import _lm
 from .blackbox import BlackBox
-from .combine import BlackBoxOnly, CombinationRule, ProductRule
+from .combine import BlackBoxOnly, CombinationRule, ProductRule, SupportProductRule
 from .reweighter import Reweighter
 
 
@@ -88,12 +88,15 @@ class _Combined:
                 f"reweighter vocabulary ({reweighter.vocab_size}) differs from the black box's ({blackbox.vocab_size})"
             )
         self.bb, self.rw, self.rule, self.penalty = blackbox, reweighter if rule.needs_reweighter else None, rule, penalty
+        # over a top-k support the reweighter needs only k rows of its head: carry hidden states
+        self.sparse = isinstance(rule, SupportProductRule) and hasattr(self.rw, "logits_for")
 
     def start(self, input_ids, attention_mask):
         bb_lp, self.bb_state = self.bb.start(input_ids, attention_mask)
         rw = None
         if self.rw is not None:
-            rw, self.rw_state = self.rw.start(input_ids.to(self.rw_device), attention_mask.to(self.rw_device))
+            begin = self.rw.start_hidden if self.sparse else self.rw.start
+            rw, self.rw_state = begin(input_ids.to(self.rw_device), attention_mask.to(self.rw_device))
         self._pending = (bb_lp, rw)
 
     @property
@@ -103,13 +106,21 @@ class _Combined:
     def scores(self, seen: torch.Tensor) -> torch.Tensor:
         bb_lp, rw = self._pending
         bb_lp = apply_repetition_penalty(bb_lp, seen.to(bb_lp.device), self.penalty)
-        if rw is not None:
+        if rw is not None and self.sparse:
+            top = self.rule.support_mask(bb_lp).nonzero()[:, 1].view(bb_lp.shape[0], -1)  # same support as the rule's
+            z = self.rw.logits_for(rw, top.to(self.rw_device))
+            z = apply_repetition_penalty(z, seen.to(z.device).gather(-1, top.to(z.device)), self.penalty)
+            rw = torch.zeros_like(bb_lp).scatter(-1, top, z.to(bb_lp.device))
+        elif rw is not None:
             rw = apply_repetition_penalty(rw, seen.to(rw.device), self.penalty).to(bb_lp.device)
         return self.rule(bb_lp, rw)
 
     def advance(self, tokens: torch.Tensor) -> None:
         bb_lp = self.bb.step(self.bb_state, tokens)
-        rw = self.rw.step(self.rw_state, tokens.to(self.rw_device)) if self.rw is not None else None
+        rw = None
+        if self.rw is not None:
+            advance = self.rw.step_hidden if self.sparse else self.rw.step
+            rw = advance(self.rw_state, tokens.to(self.rw_device))
         self._pending = (bb_lp, rw)
 
     def reorder(self, index: torch.Tensor) -> None:

@@ -141,6 +141,17 @@ class Reweighter(nn.Module):
     def step(self, state: _lm.StepState, next_tokens: torch.Tensor) -> torch.Tensor:
         return _lm.step(self.lm, state, next_tokens).float()
 
+    # Decoding over a top-k support needs only k rows of the head: these skip the other V - k.
+    def start_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, _lm.StepState]:
+        return _lm.prefill_hidden(self.lm, input_ids, attention_mask)
+
+    def step_hidden(self, state: _lm.StepState, next_tokens: torch.Tensor) -> torch.Tensor:
+        return _lm.step_hidden(self.lm, state, next_tokens)
+
+    def logits_for(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Reweighting logits (B, k) of the tokens ``ids`` (B, k) from hidden states (B, H)."""
+        return _lm.head_rows(self.lm, hidden, ids).float()
+
     # ---- artifacts ---------------------------------------------------------------------------
 
     def save_pretrained(self, path: str | Path, blackbox_fingerprint: str, extra: dict[str, Any] | None = None) -> Path:
