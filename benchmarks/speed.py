@@ -162,8 +162,8 @@ def main() -> None:
     prompts = [encode_prompt(bb.tokenizer, TEMPLATES["e2e"], ex.input) for ex in splits["test"][: args.prompts]]
     rows, eval_rows = splits["train"][: args.train_rows], splits["validation"][:16]
     report = {
-        "command": "python benchmarks/speed.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                                                             if v not in (None, False)),
+        "command": "python benchmarks/speed.py " + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items() if v not in (None, False)),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__, "logitplug": __version__, "blackbox": bb.fingerprint,
         "plugin": args.plugin or "untrained, default shape (1 layer, hidden 256)",
