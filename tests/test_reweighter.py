@@ -67,3 +67,37 @@ def test_init_from_a_pretrained_lm_with_the_same_tokenizer(tmp_path):
     other = tiny_blackbox(vocab_size=300)
     with pytest.raises(TokenizerMismatchError, match="output tokens"):
         Reweighter.build(ReweighterConfig(init_from=str(tmp_path / "lm")), other.vocab_size, other.tokenizer)
+
+
+def test_gate_starts_at_the_plain_rule_learns_a_strength_and_survives_save_load(tmp_path):
+    bb = tiny_blackbox()
+    plain = Reweighter.build(ReweighterConfig(**SMALL), bb.vocab_size, bb.tokenizer, seed=3)
+    gated = Reweighter.build(ReweighterConfig(gate=True, **SMALL), bb.vocab_size, bb.tokenizer, seed=3)
+    ids = torch.randint(0, bb.vocab_size, (2, 7))
+    mask = torch.ones_like(ids)
+    torch.testing.assert_close(gated(ids, mask), plain(ids, mask))  # strength exactly 1 at the start
+    with torch.no_grad():
+        gated.gate.weight.normal_()
+        gated.gate.bias.fill_(0.3)
+    hidden = torch.randn(4, 32)
+    s = gated.strength(hidden)
+    assert s.shape == (4, 1) and bool(((s > 0) & (s < 2)).all()) and not torch.allclose(s, torch.ones_like(s))
+    full = gated(ids, mask)
+    # incremental decoding (prefill + steps) and gathered head rows agree with the teacher-forced pass
+    first, state = gated.start(ids[:, :5], mask[:, :5])
+    torch.testing.assert_close(first, full[:, 4], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gated.step(state, ids[:, 5]), full[:, 5], atol=1e-5, rtol=1e-5)
+    h, _ = gated.start_hidden(ids[:, :5], mask[:, :5])
+    rows = torch.tensor([[1, 7, 9], [2, 3, 4]])
+    torch.testing.assert_close(gated.logits_for(h, rows), full[:, 4].gather(-1, rows), atol=1e-5, rtol=1e-5)
+    gated.save_pretrained(tmp_path / "g", bb.fingerprint)
+    back = Reweighter.from_pretrained(tmp_path / "g", bb.fingerprint)
+    assert torch.equal(back(ids, mask), full)
+    plain.save_pretrained(tmp_path / "p", bb.fingerprint)
+    import json
+
+    cfg = json.loads((tmp_path / "p" / "reweighter_config.json").read_text())
+    cfg["gate"] = True
+    (tmp_path / "p" / "reweighter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="gate"):
+        Reweighter.from_pretrained(tmp_path / "p", bb.fingerprint)

@@ -170,3 +170,12 @@ def test_selection_by_a_text_metric_keeps_the_epoch_with_the_best_score(tmp_path
     outputs = [g.text for g in Decoder(bb, trained, ProductRule(), GenerationConfig(max_new_tokens=40)).generate_ids(prompts)]
     want = evaluate(outputs, [[e.target] for e in EXAMPLES[:2]], ["ROUGE-L"])["ROUGE-L"].score
     assert scorer(trained) == pytest.approx(want)
+
+
+def test_a_gated_reweighter_trains_its_gate(tmp_path):
+    bb = tiny_blackbox()
+    cfg = ReweighterConfig(num_layers=1, hidden_size=64, num_heads=4, intermediate_size=128, gate=True)
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path, epochs=5), cfg)
+    assert result.best_loss < result.blackbox_loss
+    rw = Reweighter.from_pretrained(result.plugin_dir, bb.fingerprint)
+    assert rw.gate is not None and float(rw.gate.weight.abs().sum()) > 0  # the gate received gradients

@@ -26,6 +26,7 @@ CONFIG_NAME = "reweighter_config.json"
 WEIGHTS_NAME = "model.safetensors"
 SIDECAR_NAME = "logitplug.json"
 README_NAME = "README.md"
+GATE_PREFIX = "logitplug_gate."
 
 
 class TokenizerMismatchError(ValueError):
@@ -44,6 +45,11 @@ class ReweighterConfig:
     tie_embeddings: bool = field(default=False, metadata={"help": "share input embedding and output head"})
     zero_init_head: bool = field(
         default=False, metadata={"help": "start with all-zero reweighting, i.e. exactly the black box"}
+    )
+    gate: bool = field(
+        default=False,
+        metadata={"help": "learn a per-position strength in (0, 2) that scales the reweighting (a CombLM-style "
+                          "context gate; starts at 1, the paper's rule)"},
     )
     init_from: str | None = field(
         default=None, metadata={"help": "folder of a pretrained causal LM with the black box's tokenizer to start from"}
@@ -100,6 +106,17 @@ class Reweighter(nn.Module):
         super().__init__()
         self.config = config
         self.lm = lm
+        self.gate: nn.Linear | None = None
+        if config.gate:  # zero-initialized: strength exactly 1 at the start
+            self.gate = nn.Linear(lm.config.hidden_size, 1)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
+
+    def strength(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Per-position reweighting strength (..., 1): 2 * sigmoid(gate(h)), or 1 without a gate."""
+        if self.gate is None:
+            return hidden.new_ones((*hidden.shape[:-1], 1))
+        return 2.0 * torch.sigmoid(self.gate(hidden.to(self.gate.weight.dtype)))
 
     @classmethod
     def build(cls, config: ReweighterConfig, vocab_size: int, tokenizer: Any = None, seed: int = 0) -> "Reweighter":
@@ -132,14 +149,27 @@ class Reweighter(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return _lm.selected_logits(self.lm, input_ids, attention_mask, select).float()
+        if self.gate is None:
+            return _lm.selected_logits(self.lm, input_ids, attention_mask, select).float()
+        hidden = _lm.hidden_states(self.lm, input_ids, attention_mask)
+        if select is not None:
+            hidden = hidden[select]
+        return _lm.head_logits(self.lm, hidden).float() * self.strength(hidden)
 
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, _lm.StepState]:
-        logits, state = _lm.prefill(self.lm, input_ids, attention_mask)
-        return logits.float(), state
+        if self.gate is None:
+            logits, state = _lm.prefill(self.lm, input_ids, attention_mask)
+            return logits.float(), state
+        hidden, state = _lm.prefill_hidden(self.lm, input_ids, attention_mask)
+        with torch.no_grad():
+            return _lm.head_logits(self.lm, hidden).float() * self.strength(hidden), state
 
     def step(self, state: _lm.StepState, next_tokens: torch.Tensor) -> torch.Tensor:
-        return _lm.step(self.lm, state, next_tokens).float()
+        if self.gate is None:
+            return _lm.step(self.lm, state, next_tokens).float()
+        hidden = _lm.step_hidden(self.lm, state, next_tokens)
+        with torch.no_grad():
+            return _lm.head_logits(self.lm, hidden).float() * self.strength(hidden)
 
     # Decoding over a top-k support needs only k rows of the head: these skip the other V - k.
     def start_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, _lm.StepState]:
@@ -150,7 +180,7 @@ class Reweighter(nn.Module):
 
     def logits_for(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Reweighting logits (B, k) of the tokens ``ids`` (B, k) from hidden states (B, H)."""
-        return _lm.head_rows(self.lm, hidden, ids).float()
+        return _lm.head_rows(self.lm, hidden, ids).float() * self.strength(hidden)
 
     # ---- artifacts ---------------------------------------------------------------------------
 
@@ -164,6 +194,8 @@ class Reweighter(nn.Module):
         cfg["llm_config"] = self.lm.config.to_dict()
         (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
         state = {k: v.detach().contiguous().cpu() for k, v in self.lm.state_dict().items()}
+        if self.gate is not None:
+            state.update({f"{GATE_PREFIX}{k}": v.detach().contiguous().cpu() for k, v in self.gate.state_dict().items()})
         if self.config.tie_embeddings:
             state.pop("lm_head.weight", None)
         save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -196,13 +228,21 @@ class Reweighter(nn.Module):
         config.init_from = raw.get("init_from")
         lm = AutoModelForCausalLM.from_config(llm_config, dtype=torch.float32)
         state = load_file(str(path / WEIGHTS_NAME))
+        gate_state = {k[len(GATE_PREFIX):]: v for k, v in state.items() if k.startswith(GATE_PREFIX)}
+        state = {k: v for k, v in state.items() if not k.startswith(GATE_PREFIX)}
         missing, unexpected = lm.load_state_dict(state, strict=False)
         missing = [k for k in missing if not (k == "lm_head.weight" and llm_config.tie_word_embeddings)]
         if missing or unexpected:
             raise ValueError(f"plugin weights in {path} do not match its config: missing {missing}, unexpected {unexpected}")
         if llm_config.tie_word_embeddings:
             lm.tie_weights()
-        return cls(config, lm)
+        model = cls(config, lm)
+        if (model.gate is None) != (not gate_state):
+            raise ValueError(f"plugin weights in {path} do not match its config: gate={config.gate} but "
+                             f"{'no ' if not gate_state else ''}gate weights were saved")
+        if model.gate is not None:
+            model.gate.load_state_dict(gate_state)
+        return model
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
