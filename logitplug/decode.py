@@ -237,22 +237,26 @@ class Decoder:
         seen = self._new_seen(ids, mask)
         out: list[list[int]] = [[] for _ in chunk]
         reason: list[str | None] = [None] * len(chunk)
+        rows = list(range(len(chunk)))  # batch position -> prompt; finished rows leave the batch
         for length in range(cfg.max_new_tokens):
             lp = self._suppress_early_eos(combined.scores(seen), length)
             nxt = lp.argmax(-1) if cfg.strategy == "greedy" else _sample(lp, cfg, gen)
             nxt = nxt.cpu()
-            for i, tok in enumerate(nxt.tolist()):
-                if reason[i] is not None:
-                    nxt[i] = self.pad_id
-                    continue
+            for pos, tok in enumerate(nxt.tolist()):
+                i = rows[pos]
                 out[i].append(tok)
-                seen[i, tok] = True
+                seen[pos, tok] = True
                 if tok == self.eos_id:
                     reason[i] = "eos"
                 elif self._stop_hit(out[i]) is not None:
                     reason[i] = "stop"
-            if all(r is not None for r in reason):
+            keep = [pos for pos, i in enumerate(rows) if reason[i] is None]
+            if not keep or length + 1 == cfg.max_new_tokens:
                 break
+            if len(keep) < len(rows):  # one long row no longer drags the finished ones along
+                index = torch.tensor(keep)
+                combined.reorder(index)
+                seen, nxt, rows = seen[index], nxt[index], [rows[p] for p in keep]
             combined.advance(nxt)
         return [self._finish(o, r or "length") for o, r in zip(out, reason)]
 
