@@ -51,6 +51,8 @@ def _fmt(s: dict[str, float], runs: int) -> str:
 
 def markdown(cfg: "BenchConfig", rows: list[dict[str, Any]]) -> str:
     lines = [f"# bench: {cfg.name}", ""]
+    if cfg.config_path:
+        lines += [f"Command: `logitplug bench {cfg.config_path}` (rerun to resume; `--report-only` rebuilds this table).", ""]
     for task in cfg.tasks:
         for bb in sorted({r["blackbox"] for r in rows if r["task"] == task}):
             sub = [r for r in rows if r["task"] == task and r["blackbox"] == bb]

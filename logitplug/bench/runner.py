@@ -56,6 +56,7 @@ class BenchConfig:
     templates: dict[str, str] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"])
     source: dict[str, Any] = field(default_factory=dict)
+    config_path: str | None = None  # shown in the table's command line
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -136,7 +137,9 @@ def load_config(path: str | Path) -> BenchConfig:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise BenchConfigError(f"{path}: not valid YAML ({e})") from None
-    return parse_config(raw, where=str(path))
+    cfg = parse_config(raw, where=str(path))
+    cfg.config_path = str(path)
+    return cfg
 
 
 def _atomic_json(path: Path, data: Any) -> None:
