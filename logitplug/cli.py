@@ -1,4 +1,4 @@
-"""Command line: ``logitplug train | generate | eval | bench | quickstart | env``. Thin wrappers over the library."""
+"""Command line: ``logitplug train | generate | eval | bench | serve | quickstart | env``. Thin wrappers over the library."""
 
 from __future__ import annotations
 
@@ -345,6 +345,40 @@ def bench(
         _fail("interrupted; finished cells are kept. Run the same bench command again to resume.")
     typer.echo(table.read_text())
     typer.echo(f"table: {table}")
+
+
+@app.command()
+def serve(
+    blackbox: str = typer.Option("smollm2-135m", help="black box: a registered name, a transformers folder or a .gguf file"),
+    plugin: Optional[Path] = typer.Option(None, help="serve the adapted model: black box + this trained plugin"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port to listen on"),
+    model_name: Optional[str] = typer.Option(None, help="model id reported by /v1/models (default: the black box's name)"),
+    api_key: Optional[str] = typer.Option(None, envvar="LOGITPLUG_API_KEY", help="require 'Authorization: Bearer KEY'"),
+    max_prompt_tokens: int = typer.Option(2048, help="longest prompt accepted"),
+    max_tokens: int = typer.Option(512, help="most new tokens per request"),
+    max_logprobs: int = typer.Option(20, help="most log-probs per token a client may ask for (-1: whole vocabulary)"),
+    repetition_penalty: float = typer.Option(1.0, help=_help(_G, "repetition_penalty")),
+) -> None:
+    """Serve a black box (or black box + plugin) as an OpenAI-compatible endpoint with log-probs."""
+    import uvicorn
+
+    from .reweighter import Reweighter, TokenizerMismatchError
+    from .serve import ServeConfig, create_app
+    from .train import trained_rule
+
+    bb = _load_bb(blackbox)
+    rw, rule = None, None
+    if plugin is not None:
+        try:
+            rw, rule = Reweighter.from_pretrained(plugin, bb.fingerprint), trained_rule(plugin)
+        except (FileNotFoundError, TokenizerMismatchError, ValueError) as e:
+            _fail(str(e))
+    cfg = ServeConfig(model_name=model_name or (f"{blackbox}+plugin" if plugin else blackbox), api_key=api_key,
+                      max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens, max_logprobs=max_logprobs,
+                      repetition_penalty=repetition_penalty)
+    typer.echo(f"serving {cfg.model_name} on http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)")
+    uvicorn.run(create_app(bb, rw, rule, cfg), host=host, port=port, log_level="warning")
 
 
 @app.command()

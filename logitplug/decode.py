@@ -39,6 +39,7 @@ class GenerationConfig:
         default="generated", metadata={"help": "penalize generated tokens only, or prompt tokens too"}
     )
     stop_strings: tuple[str, ...] = field(default=(), metadata={"help": "end a row when its text contains one"})
+    logprobs: int = field(default=0, metadata={"help": "record the top-N log-probs of the decoding distribution at each new token"})
     batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
 
@@ -53,6 +54,8 @@ class GenerationConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.logprobs < 0 or (self.logprobs and self.strategy == "beam"):
+            raise ValueError("logprobs must be >= 0 and is not available with beam search")
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
         if not self.repetition_penalty > 0:
@@ -63,10 +66,19 @@ class GenerationConfig:
 
 
 @dataclass
+class TokenLogprobs:
+    """The decoding distribution at one generated token: the chosen token's log-prob and the top N."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
 class Generation:
     text: str
     token_ids: list[int]
     finish_reason: Literal["eos", "stop", "length"]
+    logprobs: list[TokenLogprobs] | None = None  # one per token in token_ids, when GenerationConfig.logprobs > 0
 
 
 def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -221,12 +233,12 @@ class Decoder:
         hits = [text.index(s) for s in self.config.stop_strings if s in text]
         return text[: min(hits)] if hits else None
 
-    def _finish(self, tokens: list[int], reason: str) -> Generation:
+    def _finish(self, tokens: list[int], reason: str, logprobs: list[TokenLogprobs] | None = None) -> Generation:
         text = self.tokenizer.decode([t for t in tokens if t != self.eos_id], skip_special_tokens=True)
         cut = self._stop_hit(tokens)
         if cut is not None:
             text, reason = cut, "stop"
-        return Generation(text.strip(), tokens, reason)  # type: ignore[arg-type]
+        return Generation(text.strip(), tokens, reason, logprobs)  # type: ignore[arg-type]
 
     @torch.no_grad()
     def _greedy_or_sample(self, chunk: list[list[int]], gen: torch.Generator) -> list[Generation]:
@@ -238,10 +250,16 @@ class Decoder:
         out: list[list[int]] = [[] for _ in chunk]
         reason: list[str | None] = [None] * len(chunk)
         rows = list(range(len(chunk)))  # batch position -> prompt; finished rows leave the batch
+        recorded: list[list[TokenLogprobs]] = [[] for _ in chunk]
         for length in range(cfg.max_new_tokens):
             lp = self._suppress_early_eos(combined.scores(seen), length)
             nxt = lp.argmax(-1) if cfg.strategy == "greedy" else _sample(lp, cfg, gen)
             nxt = nxt.cpu()
+            if cfg.logprobs:
+                chosen = lp.gather(-1, nxt.to(lp.device)[:, None]).squeeze(-1).tolist()
+                values, ids = lp.topk(min(cfg.logprobs, lp.shape[-1]), dim=-1)
+                for pos, (c, v, t) in enumerate(zip(chosen, values.tolist(), ids.tolist())):
+                    recorded[rows[pos]].append(TokenLogprobs(c, list(zip(t, v))))
             for pos, tok in enumerate(nxt.tolist()):
                 i = rows[pos]
                 out[i].append(tok)
@@ -258,7 +276,8 @@ class Decoder:
                 combined.reorder(index)
                 seen, nxt, rows = seen[index], nxt[index], [rows[p] for p in keep]
             combined.advance(nxt)
-        return [self._finish(o, r or "length") for o, r in zip(out, reason)]
+        return [self._finish(o, r or "length", recorded[i] if cfg.logprobs else None)
+                for i, (o, r) in enumerate(zip(out, reason))]
 
     @torch.no_grad()
     def _beam(self, chunk: list[list[int]]) -> list[Generation]:
@@ -326,6 +345,38 @@ class Decoder:
             _, seq, why = max(pool, key=lambda f: f[0])
             results.append(self._finish(seq, why))
         return results
+
+
+@torch.no_grad()
+def score_ids(
+    blackbox: BlackBox,
+    ids: Sequence[int],
+    reweighter: Reweighter | None = None,
+    rule: CombinationRule | None = None,
+    top_n: int = 0,
+) -> list[TokenLogprobs | None]:
+    """Teacher-forced log-prob of every token of ``ids`` under the (combined) model, with the top
+    ``top_n`` alternatives; the first token has no context and gets None."""
+    rule = rule or (ProductRule() if reweighter is not None else BlackBoxOnly())
+    inp = torch.tensor([list(ids)], dtype=torch.long)
+    mask = torch.ones_like(inp)
+    bb = blackbox.logprobs_at(inp, mask)[0]
+    rw = None
+    if rule.needs_reweighter:
+        if reweighter is None:
+            raise ValueError(f"combination rule {rule.name!r} needs a reweighter")
+        rw = reweighter.eval()(inp.to(next(reweighter.parameters()).device), mask.to(next(reweighter.parameters()).device))[0]
+        rw = rw.to(bb.device)
+    lp = rule(bb, rw)[:-1]  # position t predicts token t + 1
+    targets = inp[0, 1:].to(lp.device)
+    chosen = lp.gather(-1, targets[:, None]).squeeze(-1).tolist()
+    out: list[TokenLogprobs | None] = [None]
+    if top_n:
+        values, top = lp.topk(min(top_n, lp.shape[-1]), dim=-1)
+        out += [TokenLogprobs(c, list(zip(t, v))) for c, v, t in zip(chosen, values.tolist(), top.tolist())]
+    else:
+        out += [TokenLogprobs(c, []) for c in chosen]
+    return out
 
 
 def generate(

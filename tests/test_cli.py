@@ -55,7 +55,7 @@ def test_clear_errors(tmp_path, bb_dir, data):
 
 
 def test_help_is_complete():
-    for cmd in ("train", "generate", "quickstart", "eval", "bench", "env"):
+    for cmd in ("train", "generate", "quickstart", "eval", "bench", "serve", "env"):
         res = runner.invoke(app, [cmd, "--help"])
         assert res.exit_code == 0
     res = runner.invoke(app, ["train", "--help"])

@@ -1,0 +1,148 @@
+"""The OpenAI-compatible server on a tiny black box: same numbers as local access, clear 4xx errors."""
+
+import math
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from logitplug.combine import ProductRule
+from logitplug.decode import Decoder, GenerationConfig
+from logitplug.reweighter import Reweighter, ReweighterConfig
+from logitplug.serve import ServeConfig, create_app
+from tiny import tiny_blackbox
+
+PROMPT = "name[Aromi], area[city centre]\n"
+
+
+@pytest.fixture(scope="module")
+def models():
+    bb = tiny_blackbox(seed=1)
+    rw = Reweighter.build(ReweighterConfig(hidden_size=32, num_heads=2, intermediate_size=64), bb.vocab_size,
+                          bb.tokenizer, seed=2)
+    with torch.no_grad():
+        rw.lm.lm_head.weight.mul_(40)
+    bb.tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+                                  "{% if add_generation_prompt %}<assistant>{% endif %}")
+    return bb, rw
+
+
+def test_greedy_completion_and_logprobs_match_local_access(models):
+    bb, _ = models
+    client = TestClient(create_app(bb, config=ServeConfig(model_name="tiny")))
+    res = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "logprobs": 5,
+                                               "return_tokens_as_token_ids": True})
+    assert res.status_code == 200, res.text
+    body = res.json()["choices"][0]
+    ids = bb.tokenizer(PROMPT)["input_ids"]
+    local = Decoder(bb, config=GenerationConfig(max_new_tokens=8)).generate_ids([ids])[0]
+    got = [int(t.split(":")[1]) for t in body["logprobs"]["tokens"]]
+    assert got == local.token_ids
+    # the first generated token's log-probs are the black box's next-token log-probs after the prompt
+    lp = bb.logprobs_at(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0, -1]
+    top = body["logprobs"]["top_logprobs"][0]
+    assert len(top) == 5
+    for key, value in top.items():
+        assert math.isclose(value, float(lp[int(key.split(":")[1])]), abs_tol=1e-5)
+    assert math.isclose(body["logprobs"]["token_logprobs"][0], float(lp[got[0]]), abs_tol=1e-5)
+
+
+def test_echo_scores_the_prompt_teacher_forced(models):
+    bb, _ = models
+    client = TestClient(create_app(bb))
+    ids = bb.tokenizer(PROMPT)["input_ids"]
+    res = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 3,
+                                               "return_tokens_as_token_ids": True})
+    assert res.status_code == 200, res.text
+    lp = res.json()["choices"][0]["logprobs"]
+    assert lp["token_logprobs"][0] is None and len(lp["token_logprobs"]) == len(ids)
+    full = bb.logprobs_at(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0]
+    want = [float(full[t - 1, ids[t]]) for t in range(1, len(ids))]
+    assert lp["token_logprobs"][1:] == pytest.approx(want, abs=1e-5)
+
+
+def test_the_adapted_model_is_served_with_the_same_api(models):
+    bb, rw = models
+    client = TestClient(create_app(bb, rw, ProductRule(), ServeConfig(repetition_penalty=1.1)))
+    ids = bb.tokenizer(PROMPT)["input_ids"]
+    res = client.post("/v1/completions", json={"prompt": ids, "max_tokens": 10, "temperature": 0})
+    local = Decoder(bb, rw, ProductRule(), GenerationConfig(max_new_tokens=10, repetition_penalty=1.1)).generate_ids([ids])[0]
+    assert res.json()["choices"][0]["text"].strip() == local.text
+    plain = Decoder(bb, config=GenerationConfig(max_new_tokens=10, repetition_penalty=1.1)).generate_ids([ids])[0]
+    assert local.text != plain.text  # the plugin changes what is served
+    chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                                                      "temperature": 0, "logprobs": True, "top_logprobs": 2})
+    assert chat.status_code == 200, chat.text
+    content = chat.json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == chat.json()["usage"]["completion_tokens"] and all(len(c["top_logprobs"]) == 2 for c in content)
+
+
+@pytest.mark.parametrize("payload, status, message", [
+    ({"prompt": "x", "max_tokens": 4, "logprobs": 50}, 400, "outside 0..20"),
+    ({"prompt": "x", "max_tokens": 10_000}, 400, "exceeds this server's limit"),
+    ({"prompt": "x " * 300, "max_tokens": 1}, 400, "at most 64"),
+    ({"prompt": [10_000], "max_tokens": 1}, 400, "ids in 0.."),
+    ({"max_tokens": 1}, 400, "malformed request: prompt"),
+    ({"prompt": "x", "max_tokens": -1}, 400, "malformed request"),
+    ({"prompt": "x", "max_tokens": 0}, 400, "unless echo"),
+    ({"prompt": "x", "n": 2}, 400, "only n=1"),
+])
+def test_bad_requests_get_a_clear_4xx(models, payload, status, message):
+    bb, _ = models
+    client = TestClient(create_app(bb, config=ServeConfig(max_prompt_tokens=64)))
+    res = client.post("/v1/completions", json=payload)
+    assert res.status_code == status and message in res.json()["error"]["message"], res.text
+
+
+def test_api_key_and_body_size(models):
+    bb, _ = models
+    client = TestClient(create_app(bb, config=ServeConfig(api_key="secret")))
+    assert client.post("/v1/completions", json={"prompt": "x"}).status_code == 401
+    ok = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 1}, headers={"Authorization": "Bearer secret"})
+    assert ok.status_code == 200
+    big = client.post("/v1/completions", content=b"{" + b" " * 1_100_000 + b"}",
+                      headers={"Authorization": "Bearer secret", "content-type": "application/json"})
+    assert big.status_code == 413
+    assert client.get("/health").status_code == 200
+
+
+def test_loopback_with_the_openai_client_while_other_clients_are_served(models, tmp_path):
+    """A real HTTP server (uvicorn on loopback) and the official openai client."""
+    import socket
+    import threading
+    import time as _time
+
+    import httpx
+    import openai
+    import uvicorn
+
+    bb, _ = models
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(bb, config=ServeConfig(model_name="tiny")), host="127.0.0.1",
+                                           port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            _time.sleep(0.05)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["tiny"]
+        out = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3)
+        ids = bb.tokenizer(PROMPT)["input_ids"]
+        local = Decoder(bb, config=GenerationConfig(max_new_tokens=6)).generate_ids([ids])[0]
+        assert out.choices[0].text.strip() == local.text and len(out.choices[0].logprobs.top_logprobs[0]) == 3
+        # a malformed request from another client is answered (400) while a long generation runs
+        results = {}
+        slow = threading.Thread(target=lambda: results.setdefault("slow", client.completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=60, temperature=0)))
+        slow.start()
+        bad = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "x", "logprobs": 99}, timeout=30)
+        slow.join()
+        assert bad.status_code == 400 and "slow" in results
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
