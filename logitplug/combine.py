@@ -238,10 +238,12 @@ def densify_support(ids: torch.Tensor, logprobs: torch.Tensor, valid: torch.Tens
     return out.scatter(-1, safe_ids, safe_values)
 
 
-def truncate_to_topk(logprobs: torch.Tensor, k: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+def truncate_to_topk(
+    logprobs: torch.Tensor, k: int, keep: torch.Tensor | None = None, keep_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """What a closed API returns, made dense: the top-k of each row of ``logprobs`` (..., V), plus
-    the exact log-prob of ``keep`` (...,) when given (an echoed prompt token), the rest spread
-    uniformly (see ``densify_support``)."""
+    the exact log-prob of ``keep`` (...,) when given (an echoed prompt token; only where
+    ``keep_mask`` is True, if given), the rest spread uniformly (see ``densify_support``)."""
     vocab = logprobs.shape[-1]
     values, ids = logprobs.float().topk(min(k, vocab), dim=-1)
     valid = torch.ones_like(ids, dtype=torch.bool)
@@ -249,6 +251,8 @@ def truncate_to_topk(logprobs: torch.Tensor, k: int, keep: torch.Tensor | None =
         keep = keep.long()
         extra_v = logprobs.float().gather(-1, keep[..., None])
         outside = ~(ids == keep[..., None]).any(-1, keepdim=True)
+        if keep_mask is not None:
+            outside = outside & keep_mask.bool()[..., None]
         ids, values = torch.cat([ids, keep[..., None]], -1), torch.cat([values, extra_v], -1)
         valid = torch.cat([valid, outside], -1)
     return densify_support(ids, values, valid, vocab)

@@ -146,3 +146,65 @@ def test_loopback_with_the_openai_client_while_other_clients_are_served(models, 
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture()
+def served(models):
+    import socket
+    import threading
+    import time as _time
+
+    import uvicorn
+
+    bb, _ = models
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(bb, config=ServeConfig(model_name="tiny")), host="127.0.0.1",
+                                           port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        _time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_client_black_box_over_http_equals_local_topk_access(models, served, tmp_path):
+    from logitplug.blackbox import TopKBlackBox
+    from logitplug.blackbox.openai_api import OpenAIBlackBox
+
+    bb, _ = models
+    remote = OpenAIBlackBox(served, "tiny", bb.tokenizer, top_k=5, cache_dir=tmp_path / "responses", max_context=256)
+    local = TopKBlackBox(bb, 5)
+    rows = [bb.tokenizer(p)["input_ids"] for p in (PROMPT, "Blue Spice serves")]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])  # right-padded, as in training
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    select = mask.bool().clone()
+    select[0, -1] = False
+    torch.testing.assert_close(remote.logprobs_at(ids, mask, select), local.logprobs_at(ids, mask, select), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(remote.logprobs_at(ids, mask)[mask.bool()], local.logprobs_at(ids, mask)[mask.bool()],
+                               atol=1e-4, rtol=1e-4)
+    gen = GenerationConfig(max_new_tokens=6)
+    prompts = [bb.tokenizer(PROMPT)["input_ids"]]
+    assert [g.token_ids for g in Decoder(remote, config=gen).generate_ids(prompts)] == \
+        [g.token_ids for g in Decoder(local, config=gen).generate_ids(prompts)]
+    sent = remote.requests_sent
+    Decoder(remote, config=gen).generate_ids(prompts)  # answered from the on-disk cache
+    assert remote.requests_sent == sent
+
+
+def test_client_reports_an_unreachable_endpoint_clearly(models):
+    from logitplug.blackbox.openai_api import BlackBoxUnavailable, OpenAIBlackBox
+
+    bb, _ = models
+    remote = OpenAIBlackBox("http://127.0.0.1:9/v1", "x", bb.tokenizer, top_k=5, max_retries=0, timeout=2)
+    ids = torch.tensor([bb.tokenizer(PROMPT)["input_ids"]])
+    with pytest.raises(BlackBoxUnavailable, match="cannot reach the black box"):
+        remote.start(ids, torch.ones_like(ids))
+    with pytest.raises(ValueError, match="top_k must be"):
+        OpenAIBlackBox("http://127.0.0.1:9/v1", "x", bb.tokenizer, top_k=50)

@@ -2,7 +2,8 @@
 
 from .base import BlackBox, tokenizer_fingerprint
 from .local import LocalBlackBox
+from .openai_api import BlackBoxUnavailable, OpenAIBlackBox
 from .registry import REGISTRY, ensure_converted, load_blackbox, logitplug_home
 from .topk import TopKBlackBox
 
-__all__ = ["BlackBox", "LocalBlackBox", "REGISTRY", "TopKBlackBox", "ensure_converted", "load_blackbox", "logitplug_home", "tokenizer_fingerprint"]
+__all__ = ["BlackBox", "BlackBoxUnavailable", "LocalBlackBox", "OpenAIBlackBox", "REGISTRY", "TopKBlackBox", "ensure_converted", "load_blackbox", "logitplug_home", "tokenizer_fingerprint"]

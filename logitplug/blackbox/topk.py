@@ -28,8 +28,14 @@ class TopKBlackBox(BlackBox):
     def logprobs_at(self, input_ids, attention_mask, select=None):
         full = self.inner.logprobs_at(input_ids, attention_mask, select)
         nxt = torch.roll(input_ids, shifts=-1, dims=1).to(full.device)
-        keep = nxt[select.to(full.device)] if select is not None else nxt
-        return truncate_to_topk(full, self.k, keep)
+        # the echoed next token exists where the next position is a real token
+        has_next = torch.roll(attention_mask, shifts=-1, dims=1).bool() & attention_mask.bool()
+        has_next[:, -1] = False
+        has_next = has_next.to(full.device)
+        if select is not None:
+            select = select.to(full.device)
+            return truncate_to_topk(full, self.k, nxt[select], has_next[select])
+        return truncate_to_topk(full, self.k, nxt, has_next)
 
     def start(self, input_ids, attention_mask):
         lp, state = self.inner.start(input_ids, attention_mask)

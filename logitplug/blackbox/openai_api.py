@@ -1,0 +1,177 @@
+"""A black box behind an OpenAI-compatible completions endpoint, seen through top-k log-probs.
+
+Works with any server that returns ``logprobs`` on ``/v1/completions`` (vLLM, llama.cpp's server,
+``logitplug serve``, legacy OpenAI models). Teacher-forced log-probs come from ``echo=true``
+(one request per sequence: top-k at every position plus the actual token's log-prob); decoding
+sends one request per generated token. Answers are densified exactly as ``TopKBlackBox`` does, so
+a plugin trained on a local model's top-k behaves the same against the served one.
+
+Token ids: with ``token_ids=True`` (vLLM and ``logitplug serve``) prompts are sent as id lists
+and tokens come back as ``token_id:N``. Otherwise text is sent and token strings are mapped back
+through the tokenizer; a string that maps to no id or to several is an error naming it.
+Requests go through the ``openai`` client (timeouts, retries with exponential backoff), at most
+``concurrency`` at a time, and every answer is kept in an on-disk cache, so a rerun costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..combine import densify_support
+from .base import BlackBox
+
+
+class BlackBoxUnavailable(RuntimeError):
+    """The endpoint could not be reached or answered in a way logitplug cannot use."""
+
+
+@dataclass
+class _Rows:
+    """Decoding state: each row's tokens so far (the server keeps no state between requests)."""
+
+    rows: list[list[int]] = field(default_factory=list)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.rows = [list(self.rows[i]) for i in index.tolist()]
+
+
+class OpenAIBlackBox(BlackBox):
+    full_vocab = False
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        tokenizer: Any,
+        top_k: int = 20,
+        api_key: str | None = None,
+        token_ids: bool = True,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        concurrency: int = 4,
+        cache_dir: str | Path | None = None,
+        vocab_size: int | None = None,
+        max_context: int = 2048,
+    ):
+        import openai
+
+        if not 1 <= top_k <= 20:
+            raise ValueError(f"top_k must be in 1..20 (what OpenAI-compatible APIs return), got {top_k}")
+        self.base_url, self.model, self.top_k, self.token_ids = base_url.rstrip("/"), model, int(top_k), token_ids
+        self.tokenizer = tokenizer
+        self.vocab_size = int(vocab_size or len(tokenizer))
+        self.max_context = int(max_context)
+        self.device = torch.device("cpu")
+        self.identity = f"openai:{self.base_url}:{model}@top{self.top_k}"
+        self.concurrency = max(1, int(concurrency))
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY", "none"),
+                                    timeout=timeout, max_retries=max_retries)
+        self.requests_sent = 0
+        self._by_string: dict[str, int] | None = None
+
+    # ---- requests -------------------------------------------------------------------------------
+
+    def _request(self, ids: list[int], max_tokens: int, echo: bool) -> dict[str, Any]:
+        import openai
+
+        payload = {"model": self.model, "prompt": ids if self.token_ids else self.tokenizer.decode(ids),
+                   "max_tokens": max_tokens, "echo": echo, "logprobs": self.top_k, "temperature": 0.0}
+        key = hashlib.sha256(json.dumps([self.base_url, payload, self.token_ids]).encode()).hexdigest()[:40]
+        path = self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir else None
+        if path is not None and path.exists():
+            return json.loads(path.read_text())
+        extra = {"return_tokens_as_token_ids": True} if self.token_ids else None
+        try:
+            self.requests_sent += 1
+            answer = self.client.completions.create(**payload, extra_body=extra)
+        except openai.APIConnectionError as e:
+            raise BlackBoxUnavailable(f"cannot reach the black box at {self.base_url} ({e}); is the server running?") from None
+        except openai.APIStatusError as e:
+            raise BlackBoxUnavailable(f"the black box at {self.base_url} refused the request: {e.status_code} {e.message}") from None
+        lp = answer.choices[0].logprobs
+        if lp is None or lp.top_logprobs is None:
+            raise BlackBoxUnavailable(f"{self.base_url} returned no log-probs; it must support `logprobs` on /v1/completions")
+        data = {"tokens": list(lp.tokens), "token_logprobs": list(lp.token_logprobs),
+                "top_logprobs": [dict(t) if t is not None else None for t in lp.top_logprobs]}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        return data
+
+    def _map(self, token: str) -> int:
+        if token.startswith("token_id:"):
+            return int(token.split(":", 1)[1])
+        if self._by_string is None:
+            table: dict[str, list[int]] = {}
+            for i in range(len(self.tokenizer)):
+                table.setdefault(self.tokenizer.decode([i]), []).append(i)
+            self._by_string = {s: ids[0] if len(ids) == 1 else -1 for s, ids in table.items()}
+        found = self._by_string.get(token)
+        if found is None or found < 0:
+            why = "no token" if found is None else "several tokens"
+            raise BlackBoxUnavailable(f"token {token!r} from {self.base_url} maps to {why} of the local tokenizer; "
+                                      "use a server that returns token ids (token_ids=True) or check the tokenizer")
+        return found
+
+    def _dense(self, top: dict[str, float], actual: tuple[int, float] | None = None) -> torch.Tensor:
+        ids = [self._map(t) for t in top]
+        values = list(top.values())
+        valid = [True] * len(ids)
+        if actual is not None:
+            ids.append(actual[0])
+            values.append(actual[1])
+            valid.append(actual[0] not in ids[:-1])
+        return densify_support(torch.tensor([ids]), torch.tensor([values]), torch.tensor([valid]), self.vocab_size)[0]
+
+    def _map_rows(self, fn, rows):
+        if len(rows) == 1 or self.concurrency == 1:
+            return [fn(r) for r in rows]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(fn, rows))
+
+    # ---- the BlackBox interface ----------------------------------------------------------------
+
+    def _sequence(self, ids: list[int]) -> torch.Tensor:
+        """(T, V): the distribution after each position (the last from one generated step)."""
+        data = self._request(ids, max_tokens=1, echo=True)
+        out = torch.empty((len(ids), self.vocab_size))
+        for t in range(1, len(ids)):
+            top = data["top_logprobs"][t]
+            out[t - 1] = self._dense(top or {}, (ids[t], data["token_logprobs"][t]))
+        out[len(ids) - 1] = self._dense(data["top_logprobs"][len(ids)])
+        return out
+
+    def logprobs_at(self, input_ids, attention_mask, select=None):
+        rows = [r[m.bool()].tolist() for r, m in zip(input_ids.cpu(), attention_mask.cpu())]
+        seqs = self._map_rows(self._sequence, rows)
+        width = input_ids.shape[1]
+        full = torch.zeros((len(rows), width, self.vocab_size))
+        for b, (row, seq) in enumerate(zip(rows, seqs)):
+            positions = attention_mask[b].cpu().bool().nonzero().squeeze(-1)
+            full[b, positions] = seq
+        return full[select.cpu()] if select is not None else full
+
+    def _next(self, ids: list[int]) -> torch.Tensor:
+        return self._dense(self._request(ids, max_tokens=1, echo=False)["top_logprobs"][0])
+
+    def start(self, input_ids, attention_mask):
+        state = _Rows([r[m.bool()].tolist() for r, m in zip(input_ids.cpu(), attention_mask.cpu())])
+        return torch.stack(self._map_rows(self._next, state.rows)), state
+
+    def step(self, state, next_tokens):
+        for row, tok in zip(state.rows, next_tokens.tolist()):
+            row.append(int(tok))
+        return torch.stack(self._map_rows(self._next, state.rows))
