@@ -27,10 +27,21 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _load_bb(name: str):
-    from .blackbox import load_blackbox
+_BB_HELP = ("registered name, model folder or .gguf file; NAME@topK for top-K access only; or the URL of an "
+            "OpenAI-compatible endpoint (with --endpoint-model and --tokenizer)")
+
+
+def _load_bb(name: str, endpoint_model: Optional[str] = None, tokenizer: Optional[str] = None):
+    from .blackbox import load_blackbox, open_endpoint
 
     try:
+        if name.startswith(("http://", "https://")):
+            if not endpoint_model or not tokenizer:
+                _fail("an endpoint black box needs --endpoint-model (the served model's id) and --tokenizer "
+                      "(a registered name or a folder with the served model's tokenizer)")
+            base, sep, k = name.rpartition("@top")
+            url, top_k = (base, int(k)) if sep and k.isdigit() else (name, 20)
+            return open_endpoint(url, endpoint_model, tokenizer, top_k=top_k)  # type: ignore[arg-type]
         return load_blackbox(name)
     except (FileNotFoundError, ModuleNotFoundError, KeyError, ValueError) as e:
         _fail(str(e))
@@ -70,7 +81,9 @@ def train(
     task: Optional[str] = typer.Option(None, help=_TASK_HELP + " (instead of --train-file)"),
     data_dir: Optional[Path] = typer.Option(None, help="data folder for --task (default: $LOGITPLUG_DATA or ../shared/data)"),
     output_dir: Path = typer.Option(..., help=_help(_T, "output_dir")),
-    blackbox: str = typer.Option("smollm2-135m", help="registered name, model folder or .gguf file"),
+    blackbox: str = typer.Option("smollm2-135m", help=_BB_HELP),
+    endpoint_model: Optional[str] = typer.Option(None, help="model id at the endpoint (endpoint black boxes)"),
+    tokenizer: Optional[str] = typer.Option(None, help="the served model's tokenizer: registered name or folder (endpoint black boxes)"),
     eval_file: Optional[Path] = typer.Option(None, help="held-out examples for early stopping (default: split off train)"),
     eval_fraction: float = typer.Option(0.4, help="fraction of distinct inputs held out when --eval-file is not given"),
     input_column: str = typer.Option("input", help="column holding the task input"),
@@ -138,7 +151,7 @@ def train(
             eval_rows, train_rows = split_by_input(train_rows, eval_fraction, seed)
             if not eval_rows or not train_rows:
                 _fail("too few distinct inputs to split off a held-out set; pass --eval-file")
-    bb = _load_bb(blackbox)
+    bb = _load_bb(blackbox, endpoint_model, tokenizer)
     from .data import DataError
 
     try:
@@ -155,6 +168,12 @@ def train(
         raise typer.Exit(130)
     except (DataError, ValueError, FileExistsError) as e:
         _fail(str(e))
+    except RuntimeError as e:  # an unreachable endpoint: recorded rows stay in the cache
+        from .blackbox import BlackBoxUnavailable
+
+        if not isinstance(e, BlackBoxUnavailable):
+            raise
+        _fail(f"{e}\nLog-probs recorded so far are cached; rerun the same command to continue.")
     typer.echo(
         f"plugin saved to {result.plugin_dir}: held-out loss {result.best_loss:.4f} per token "
         f"(black box alone {result.blackbox_loss:.4f})"
@@ -168,7 +187,9 @@ def generate(
     split: str = typer.Option("test", help="split of --task"),
     data_dir: Optional[Path] = typer.Option(None, help="data folder for --task (default: $LOGITPLUG_DATA or ../shared/data)"),
     output: Path = typer.Option(..., help="JSONL file to write (input, output, finish_reason per line)"),
-    blackbox: str = typer.Option("smollm2-135m", help="registered name, model folder or .gguf file"),
+    blackbox: str = typer.Option("smollm2-135m", help=_BB_HELP),
+    endpoint_model: Optional[str] = typer.Option(None, help="model id at the endpoint (endpoint black boxes)"),
+    tokenizer: Optional[str] = typer.Option(None, help="the served model's tokenizer: registered name or folder (endpoint black boxes)"),
     plugin: Optional[Path] = typer.Option(None, help="trained plugin folder; omit for the black box alone"),
     input_column: str = typer.Option("input", help="column holding the task input"),
     template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP + " (default: the plugin's, else the task's, else 'plain')"),
@@ -227,7 +248,7 @@ def generate(
         rows = group_by_input(splits[split])
     else:
         rows = _examples(input_file, input_column, None)  # type: ignore[arg-type]
-    bb = _load_bb(blackbox)
+    bb = _load_bb(blackbox, endpoint_model, tokenizer)
     rw = None
     if plugin is not None:
         try:
@@ -238,7 +259,12 @@ def generate(
         combination = get_rule("blackbox")
     decoder = Decoder(bb, rw, combination, gcfg)
     prompts = [encode_prompt(bb.tokenizer, tmpl, r.input) for r in rows]
-    results = decoder.generate_ids(prompts, progress=True)
+    from .blackbox import BlackBoxUnavailable
+
+    try:
+        results = decoder.generate_ids(prompts, progress=True)
+    except BlackBoxUnavailable as e:
+        _fail(f"{e}\nAnswers received so far are cached; rerun the same command to continue.")
     output.parent.mkdir(parents=True, exist_ok=True)
     with output.open("w", encoding="utf-8") as f:
         for r, g in zip(rows, results):

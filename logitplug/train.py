@@ -14,7 +14,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -280,6 +280,11 @@ def train(
     if not eval_examples:
         raise ValueError("early stopping needs held-out examples; got none")
 
+    if not blackbox.full_vocab and config.rule == "product" and not config.support_k:
+        # the black box's answers hold only its top-k: reweight that support (plus the rest bucket)
+        config = replace(config, support_k=int(getattr(blackbox, "top_k", 20)))
+        logger.info("black box %s returns top-%d log-probs: training the product rule over that support",
+                    blackbox.identity, config.support_k)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     keep_freed_memory_in_process()
     set_seed(config.seed)

@@ -143,3 +143,13 @@ def test_logit_difference_with_product_rule_is_proxy_tuning():
     torch.testing.assert_close(first, diff(ids[:, :5], mask[:, :5])[:, -1], atol=1e-5, rtol=1e-5)
     nxt = diff.step(state, ids[:, 5])
     torch.testing.assert_close(nxt, diff(ids[:, :6], mask[:, :6])[:, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_topk_black_boxes_are_named_and_train_over_their_support(tiny_dir, tmp_path):
+    raw = _raw(tiny_dir, tmp_path / "out", methods=["plugin"], seeds=[0], blackboxes=[f"{tiny_dir}@top5"])
+    run_bench(parse_config(raw), progress=False)
+    rec = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb@top5" / "plugin" / "seed0.json").read_text())
+    assert rec["info"]["rule"] == "rule:product-topk|k:5|alpha:1"
+    assert rec["blackbox_fingerprint"].startswith("tiny-bb@top5|")
+    with pytest.raises(BenchConfigError, match="unknown black box"):
+        parse_config(_raw(tiny_dir, tmp_path / "x", blackboxes=["nothing@top5"]))

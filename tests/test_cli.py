@@ -108,3 +108,13 @@ def test_bench_reports_config_errors_before_work(tmp_path):
     cfg.write_text("tasks: [e2e\n")
     res = runner.invoke(app, ["bench", str(cfg)])
     assert res.exit_code == 2 and "not valid YAML" in res.output
+
+
+def test_endpoint_black_box_errors_are_clear(tmp_path, bb_dir, data):
+    res = runner.invoke(app, ["generate", "--input-file", str(data), "--input-column", "mr", "--output",
+                              str(tmp_path / "o.jsonl"), "--blackbox", "http://127.0.0.1:9/v1"])
+    assert res.exit_code == 2 and "--endpoint-model" in res.output
+    res = runner.invoke(app, ["generate", "--input-file", str(data), "--input-column", "mr", "--output",
+                              str(tmp_path / "o.jsonl"), "--blackbox", "http://127.0.0.1:9/v1@top5",
+                              "--endpoint-model", "x", "--tokenizer", str(bb_dir)], env={"LOGITPLUG_HOME": str(tmp_path)})
+    assert res.exit_code == 2 and "cannot reach the black box" in res.output, res.output

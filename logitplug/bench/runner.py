@@ -82,8 +82,10 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
     bad_tasks = [t for t in raw["tasks"] if t not in TASKS]
     _need(not bad_tasks, f"{where}: unknown task(s) {bad_tasks}; known: {sorted(TASKS)}")
     for bb in raw["blackboxes"]:
-        _need(str(bb) in REGISTRY or Path(str(bb)).expanduser().exists(),
-              f"{where}: unknown black box {bb!r}: give a registered name ({', '.join(REGISTRY)}) or an existing path")
+        base = _split_topk(str(bb))[0]
+        _need(base in REGISTRY or Path(base).expanduser().exists(),
+              f"{where}: unknown black box {bb!r}: give a registered name ({', '.join(REGISTRY)}) or an existing path, "
+              "optionally with @topK")
     labels = [blackbox_label(str(b)) for b in raw["blackboxes"]]
     _need(len(set(labels)) == len(labels), f"{where}: black boxes must have distinct names, got {labels}")
     methods = []
@@ -154,9 +156,15 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[-60:]
 
 
+def _split_topk(name: str) -> tuple[str, str]:
+    base, sep, k = name.rpartition("@top")
+    return (base, f"@top{k}") if sep and k.isdigit() and base else (name, "")
+
+
 def blackbox_label(name: str) -> str:
     """A registered name as is; a path by its last component (folder names in results stay short)."""
-    return name if name in REGISTRY else _slug(Path(name).expanduser().name)
+    base, suffix = _split_topk(name)
+    return (base if base in REGISTRY else _slug(Path(base).expanduser().name)) + suffix
 
 
 def cell_path(cfg: BenchConfig, task: str, blackbox: str, method: str, seed: int | None) -> Path:

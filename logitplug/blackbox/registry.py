@@ -14,11 +14,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
+from .base import BlackBox
 from .local import LocalBlackBox
+from .openai_api import OpenAIBlackBox
+from .topk import TopKBlackBox
 
 
 def logitplug_home() -> Path:
@@ -105,8 +108,12 @@ def ensure_converted(name: str, home: Path | None = None) -> Path:
     return target
 
 
-def load_blackbox(name_or_path: str, device: torch.device | str | None = None) -> LocalBlackBox:
-    """A black box by registered name (``smollm2-135m``, ``gemma3-270m``), folder, or .gguf file."""
+def load_blackbox(name_or_path: str, device: torch.device | str | None = None) -> BlackBox:
+    """A black box by registered name (``smollm2-135m``, ``gemma3-270m``), folder, or .gguf file;
+    ``NAME@topK`` gives the same model seen only through its top-K log-probs (as a closed API)."""
+    base, sep, k = name_or_path.rpartition("@top")
+    if sep and k.isdigit() and base:
+        return TopKBlackBox(load_blackbox(base, device), int(k))
     if name_or_path in REGISTRY:
         return LocalBlackBox.from_pretrained(ensure_converted(name_or_path), identity=name_or_path, device=device)
     path = Path(name_or_path)
@@ -116,3 +123,32 @@ def load_blackbox(name_or_path: str, device: torch.device | str | None = None) -
             "and no such file or folder. Give a transformers model folder or a .gguf file."
         )
     return LocalBlackBox.from_pretrained(path, identity=path.resolve().name, device=device)
+
+
+def load_tokenizer(name_or_path: str) -> Any:
+    """The tokenizer of a registered black box or of a local model folder / tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    folder = ensure_converted(name_or_path) if name_or_path in REGISTRY else Path(name_or_path)
+    if not Path(folder).exists():
+        raise FileNotFoundError(f"no tokenizer at {name_or_path!r}: give a registered name ({', '.join(sorted(REGISTRY))}) "
+                                "or a folder holding the served model's tokenizer files")
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def open_endpoint(
+    base_url: str, model: str, tokenizer: str, top_k: int = 20, api_key: str | None = None,
+    cache_dir: str | Path | None = None, token_ids: bool = True,
+) -> OpenAIBlackBox:
+    """A black box behind an OpenAI-compatible endpoint; ``tokenizer`` names the served model's
+    tokenizer (a registered name or a folder); responses are cached under LOGITPLUG_HOME."""
+    tok = load_tokenizer(tokenizer)
+    cache = Path(cache_dir) if cache_dir else logitplug_home() / "responses"
+    vocab = None
+    if tokenizer in REGISTRY or (Path(tokenizer) / "config.json").exists():
+        from transformers import AutoConfig
+
+        folder = ensure_converted(tokenizer) if tokenizer in REGISTRY else Path(tokenizer)
+        vocab = getattr(AutoConfig.from_pretrained(folder), "vocab_size", None)
+    return OpenAIBlackBox(base_url, model, tok, top_k=top_k, api_key=api_key, cache_dir=cache, vocab_size=vocab,
+                          token_ids=token_ids)

@@ -21,6 +21,7 @@ class TopKBlackBox(BlackBox):
         if k < 1:
             raise ValueError(f"top-k access needs k >= 1, got {k}")
         self.inner, self.k = inner, int(k)
+        self.top_k = self.k
         self.identity = f"{inner.identity}@top{self.k}"
         self.tokenizer, self.vocab_size = inner.tokenizer, inner.vocab_size
         self.max_context, self.device = inner.max_context, inner.device
