@@ -117,6 +117,7 @@ def test_method_names_parse():
     assert make_method("icl-3").shots == 3
     variant = make_method({"name": "p", "method": "plugin", "generation": {"repetition_scope": "all"}})
     assert variant.generation_overrides == {"repetition_scope": "all"}
+    assert make_method({"name": "zs-chat", "method": "zero-shot", "chat": True}).chat
     with pytest.raises(ValueError, match="unknown generation setting"):
         make_method({"name": "p", "method": "plugin", "generation": {"beams": 2}})
     assert make_method("mixture-0.25").mixture_weight == 0.25

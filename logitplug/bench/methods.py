@@ -61,8 +61,9 @@ class Method(ABC):
     seeded: bool = True
 
     def __init__(self, name: str, train: dict[str, Any] | None = None, reweighter: dict[str, Any] | None = None,
-                 lora: dict[str, Any] | None = None, generation: dict[str, Any] | None = None):
+                 lora: dict[str, Any] | None = None, generation: dict[str, Any] | None = None, chat: bool = False):
         self.name = name
+        self.chat = bool(chat)  # use the task template's chat twin (instruct black boxes)
         self.train_overrides = dict(train or {})
         self.reweighter_overrides = dict(reweighter or {})
         self.lora_overrides = dict(lora or {})
@@ -230,19 +231,21 @@ METHOD_HELP = {p.pattern: h for p, _, h in _PATTERNS}
 
 def make_method(spec: str | dict[str, Any]) -> Method:
     """A method from its name (``icl-3``, ``mixture-0.25``) or a dict ``{name, method, train,
-    reweighter, lora, generation}`` naming a variant of a base method with its own settings."""
+    reweighter, lora, generation, chat}`` naming a variant of a base method with its own settings
+    (``chat: true``: prompts through the task template's chat twin)."""
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"a method is a name or a mapping with 'name'; got {spec!r}")
-    unknown = set(spec) - {"name", "method", "train", "reweighter", "lora", "generation"}
+    unknown = set(spec) - {"name", "method", "train", "reweighter", "lora", "generation", "chat"}
     if unknown:
         raise ValueError(f"method {spec['name']!r}: unknown keys {sorted(unknown)}")
     base = str(spec.get("method", spec["name"]))
     for pattern, factory, _ in _PATTERNS:
         m = pattern.fullmatch(base)
         if m:
-            kw = {k: spec.get(k) for k in ("train", "reweighter", "lora", "generation")}
+            kw: dict[str, Any] = {k: spec.get(k) for k in ("train", "reweighter", "lora", "generation")}
+            kw["chat"] = bool(spec.get("chat", False))
             _check_keys(spec["name"], "generation", kw["generation"], GenerationConfig)
             _check_keys(spec["name"], "train", kw["train"], TrainConfig)
             _check_keys(spec["name"], "reweighter", kw["reweighter"], ReweighterConfig)

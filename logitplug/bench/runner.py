@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..blackbox import load_blackbox
 from ..blackbox.registry import REGISTRY
-from ..data import TASKS, Example, get_template, group_by_input, load_task
+from ..data import TASKS, TEMPLATES, Example, get_template, group_by_input, load_task
 from ..decode import GenerationConfig
 from ..eval import METRICS, evaluate, parse_mr, require_java, slot_error_rate
 from ..finetune import LoraTrainConfig
@@ -119,6 +119,12 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
             get_template(str(tpl))
         except ValueError as e:
             raise BenchConfigError(f"{where}: templates.{task}: {e}") from None
+    for m in methods:
+        for task in raw["tasks"]:
+            base = str(templates.get(task, TASKS[task].template))
+            if m.chat and base not in TEMPLATES and not base.endswith("-chat"):
+                raise BenchConfigError(f"{where}: method {m.name!r} asks for chat prompts but task {task!r} uses "
+                                       f"template {base!r}, which has no registered chat twin")
     metrics = raw.get("metrics") or ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"]
     bad = [m for m in metrics if m not in METRICS]
     _need(not bad, f"{where}: unknown metric(s) {bad}; known: {list(METRICS)}")
@@ -266,6 +272,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             blackboxes[bb_name] = load_blackbox(bb_name)
         data, bb = task_data[task], blackboxes[bb_name]
         template = get_template(cfg.templates.get(task, TASKS[task].template))
+        if method.chat and not template.chat:
+            template = TEMPLATES[f"{template.name}-chat"]
         ctx = CellContext(
             blackbox=bb, task=task, train=data.train, validation=data.validation, test=data.test, template=template,
             seed=cfg.seeds[0] if seed is None else seed, generation=GenerationConfig(**cfg.generation),
