@@ -70,28 +70,12 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path, capsys):
 
 def test_client_against_our_server_serving_smollm2_matches_local_access(smollm2, e2e, tmp_path):
     """Loopback over real HTTP: the same next-token log-probs (top-20) and the same greedy text."""
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-
     from logitplug.blackbox import OpenAIBlackBox, TopKBlackBox
     from logitplug.serve import ServeConfig, create_app
+    from loopback import serving
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(smollm2, config=ServeConfig(model_name="smollm2-135m")),
-                                           host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-        remote = OpenAIBlackBox(f"http://127.0.0.1:{port}/v1", "smollm2-135m", smollm2.tokenizer, top_k=20,
+    with serving(create_app(smollm2, config=ServeConfig(model_name="smollm2-135m"))) as url:
+        remote = OpenAIBlackBox(url, "smollm2-135m", smollm2.tokenizer, top_k=20,
                                 cache_dir=tmp_path / "responses", vocab_size=smollm2.vocab_size)
         local = TopKBlackBox(smollm2, 20)
         prompt = encode_prompt(smollm2.tokenizer, TEMPLATES["e2e"], e2e["test"][0].input)
@@ -105,6 +89,3 @@ def test_client_against_our_server_serving_smollm2_matches_local_access(smollm2,
         gen = GenerationConfig(max_new_tokens=20)
         assert Decoder(remote, config=gen).generate_ids([prompt])[0].text == \
             Decoder(smollm2, config=gen).generate_ids([prompt])[0].text
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

@@ -10,6 +10,7 @@ from logitplug.combine import ProductRule
 from logitplug.decode import Decoder, GenerationConfig
 from logitplug.reweighter import Reweighter, ReweighterConfig
 from logitplug.serve import ServeConfig, create_app
+from loopback import serving
 from tiny import tiny_blackbox
 
 PROMPT = "name[Aromi], area[city centre]\n"
@@ -108,28 +109,14 @@ def test_api_key_and_body_size(models):
 
 def test_loopback_with_the_openai_client_while_other_clients_are_served(models, tmp_path):
     """A real HTTP server (uvicorn on loopback) and the official openai client."""
-    import socket
     import threading
-    import time as _time
 
     import httpx
     import openai
-    import uvicorn
 
     bb, _ = models
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(bb, config=ServeConfig(model_name="tiny")), host="127.0.0.1",
-                                           port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            _time.sleep(0.05)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+    with serving(create_app(bb, config=ServeConfig(model_name="tiny"))) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list()] == ["tiny"]
         out = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=6, temperature=0, logprobs=3)
         ids = bb.tokenizer(PROMPT)["input_ids"]
@@ -140,37 +127,15 @@ def test_loopback_with_the_openai_client_while_other_clients_are_served(models, 
         slow = threading.Thread(target=lambda: results.setdefault("slow", client.completions.create(
             model="tiny", prompt=PROMPT, max_tokens=60, temperature=0)))
         slow.start()
-        bad = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"prompt": "x", "logprobs": 99}, timeout=30)
+        bad = httpx.post(f"{url}/completions", json={"prompt": "x", "logprobs": 99}, timeout=30)
         slow.join()
         assert bad.status_code == 400 and "slow" in results
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture()
 def served(models):
-    import socket
-    import threading
-    import time as _time
-
-    import uvicorn
-
-    bb, _ = models
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(bb, config=ServeConfig(model_name="tiny")), host="127.0.0.1",
-                                           port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if server.started:
-            break
-        _time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(models[0], config=ServeConfig(model_name="tiny"))) as url:
+        yield url
 
 
 def test_client_black_box_over_http_equals_local_topk_access(models, served, tmp_path):
