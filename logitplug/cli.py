@@ -108,6 +108,7 @@ def train(
     ffn: int = typer.Option(1024, help=_help(_R, "intermediate_size")),
     zero_init_head: bool = typer.Option(False, help=_help(_R, "zero_init_head")),
     gate: bool = typer.Option(False, help=_help(_R, "gate")),
+    copy_feature: bool = typer.Option(False, help=_help(_R, "copy_feature")),
     init_from: Optional[str] = typer.Option(None, help=_help(_R, "init_from")),
     cache: bool = typer.Option(True, help=_help(_T, "cache")),
     cache_dir: Optional[str] = typer.Option(None, help=_help(_T, "cache_dir")),
@@ -135,7 +136,8 @@ def train(
             select_inputs=select_inputs,
         )
         rcfg = ReweighterConfig(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=ffn,
-                                zero_init_head=zero_init_head, gate=gate, init_from=init_from)
+                                zero_init_head=zero_init_head, gate=gate, copy_feature=copy_feature,
+                                init_from=init_from)
     except ValueError as e:
         _fail(str(e))
     if task is not None:  # the task's own validation split does early stopping

@@ -101,7 +101,8 @@ class _Combined:
             )
         self.bb, self.rw, self.rule, self.penalty = blackbox, reweighter if rule.needs_reweighter else None, rule, penalty
         # over a top-k support the reweighter needs only k rows of its head: carry hidden states
-        self.sparse = isinstance(rule, SupportProductRule) and hasattr(self.rw, "logits_for")
+        self.sparse = (isinstance(rule, SupportProductRule) and hasattr(self.rw, "logits_for")
+                       and getattr(self.rw, "supports_sparse", True))
 
     def start(self, input_ids, attention_mask):
         bb_lp, self.bb_state = self.bb.start(input_ids, attention_mask)

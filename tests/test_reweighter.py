@@ -101,3 +101,32 @@ def test_gate_starts_at_the_plain_rule_learns_a_strength_and_survives_save_load(
     (tmp_path / "p" / "reweighter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="gate"):
         Reweighter.from_pretrained(tmp_path / "p", bb.fingerprint)
+
+
+def test_copy_feature_marks_prompt_tokens_and_teacher_forcing_equals_decoding(tmp_path):
+    bb = tiny_blackbox()
+    plain = Reweighter.build(ReweighterConfig(**SMALL), bb.vocab_size, bb.tokenizer, seed=4)
+    copy = Reweighter.build(ReweighterConfig(copy_feature=True, **SMALL), bb.vocab_size, bb.tokenizer, seed=4)
+    ids = torch.tensor([[5, 9, 9, 17, 40, 41, 42], [7, 8, 30, 31, 32, 33, 0]])
+    mask = torch.tensor([[1] * 7, [1] * 6 + [0]])
+    select = torch.zeros_like(ids, dtype=torch.bool)
+    select[0, 3:6] = True  # prompt = positions 0..3
+    select[1, 1:5] = True  # prompt = positions 0..1
+    prompt = Reweighter.prompt_tokens(ids, mask, select, bb.vocab_size)
+    assert prompt[0].nonzero().flatten().tolist() == [5, 9, 17] and prompt[1].nonzero().flatten().tolist() == [7, 8]
+    torch.testing.assert_close(copy(ids, mask, select), plain(ids, mask, select))  # zero bonus at the start
+    with torch.no_grad():
+        copy.copy.weight.normal_()
+        copy.copy.bias.fill_(2.0)
+    tf = copy(ids[:1], mask[:1], select[:1])  # positions 3, 4, 5 of row 0
+    bonus = tf - plain(ids[:1], mask[:1], select[:1])
+    assert bool((bonus[:, [5, 9, 17]].abs() > 0).all()) and bool((bonus[:, [40, 41, 42]] == 0).all())
+    first, state = copy.start(ids[:1, :4], mask[:1, :4])
+    torch.testing.assert_close(first[0], tf[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(copy.step(state, ids[:1, 4])[0], tf[1], atol=1e-5, rtol=1e-5)
+    state.reorder(torch.tensor([0, 0]))
+    two = copy.step(state, ids[0, 5].repeat(2))
+    torch.testing.assert_close(two[1], tf[2], atol=1e-5, rtol=1e-5)
+    copy.save_pretrained(tmp_path / "c", bb.fingerprint)
+    back = Reweighter.from_pretrained(tmp_path / "c", bb.fingerprint)
+    assert torch.equal(back(ids, mask, select), copy(ids, mask, select)) and not back.supports_sparse

@@ -179,3 +179,16 @@ def test_a_gated_reweighter_trains_its_gate(tmp_path):
     assert result.best_loss < result.blackbox_loss
     rw = Reweighter.from_pretrained(result.plugin_dir, bb.fingerprint)
     assert rw.gate is not None and float(rw.gate.weight.abs().sum()) > 0  # the gate received gradients
+
+
+def test_the_copy_feature_trains_and_decodes_through_the_topk_rule(tmp_path):
+    from logitplug.combine import SupportProductRule
+
+    bb = tiny_blackbox()
+    cfg = ReweighterConfig(num_layers=1, hidden_size=64, num_heads=4, intermediate_size=128, copy_feature=True)
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path, epochs=5), cfg)
+    rw = Reweighter.from_pretrained(result.plugin_dir, bb.fingerprint)
+    assert result.best_loss < result.blackbox_loss and float(rw.copy.weight.abs().sum()) > 0
+    prompts = [encode_prompt(bb.tokenizer, TEMPLATE, e.input) for e in EXAMPLES[:2]]
+    gens = Decoder(bb, rw, SupportProductRule(8), GenerationConfig(max_new_tokens=8)).generate_ids(prompts)
+    assert all(g.token_ids for g in gens)

@@ -26,7 +26,7 @@ CONFIG_NAME = "reweighter_config.json"
 WEIGHTS_NAME = "model.safetensors"
 SIDECAR_NAME = "logitplug.json"
 README_NAME = "README.md"
-GATE_PREFIX = "logitplug_gate."
+EXTRA_PREFIX = "logitplug_"  # gate / copy-feature weights, beside the causal LM's own
 
 
 class TokenizerMismatchError(ValueError):
@@ -50,6 +50,11 @@ class ReweighterConfig:
         default=False,
         metadata={"help": "learn a per-position strength in (0, 2) that scales the reweighting (a CombLM-style "
                           "context gate; starts at 1, the paper's rule)"},
+    )
+    copy_feature: bool = field(
+        default=False,
+        metadata={"help": "add a learned, context-dependent bonus to every token of the prompt (an input-copy "
+                          "feature: lets the reweighter keep names and values from the input; starts at 0)"},
     )
     init_from: str | None = field(
         default=None, metadata={"help": "folder of a pretrained causal LM with the black box's tokenizer to start from"}
@@ -107,10 +112,39 @@ class Reweighter(nn.Module):
         self.config = config
         self.lm = lm
         self.gate: nn.Linear | None = None
+        self.copy: nn.Linear | None = None
         if config.gate:  # zero-initialized: strength exactly 1 at the start
             self.gate = nn.Linear(lm.config.hidden_size, 1)
             nn.init.zeros_(self.gate.weight)
             nn.init.zeros_(self.gate.bias)
+        if config.copy_feature:  # zero-initialized: no bonus at the start
+            self.copy = nn.Linear(lm.config.hidden_size, 1)
+            nn.init.zeros_(self.copy.weight)
+            nn.init.zeros_(self.copy.bias)
+        # the top-k decoding fast path gathers head rows without the prompt; the copy feature needs it
+        self.supports_sparse = self.copy is None
+
+    def _extras(self) -> dict[str, nn.Module]:
+        return {name: m for name, m in (("gate", self.gate), ("copy", self.copy)) if m is not None}
+
+    @staticmethod
+    def prompt_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor | None = None,
+                      vocab_size: int | None = None) -> torch.Tensor:
+        """(B, V) True for every token of each row's prompt: the tokens up to the row's first
+        selected position (training), or all its tokens (decoding starts right after the prompt)."""
+        keep = attention_mask.bool()
+        if select is not None:
+            first = select.float().argmax(-1, keepdim=True)
+            keep = keep & (torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] <= first)
+        counts = torch.zeros((input_ids.shape[0], int(vocab_size)), device=input_ids.device)
+        return counts.scatter_add_(1, input_ids, keep.float()) > 0
+
+    def _adjust(self, logits: torch.Tensor, hidden: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
+        """Apply the optional gate and copy bonus to head logits (..., V) from hidden states (..., H)."""
+        logits = logits.float() * self.strength(hidden)
+        if self.copy is not None and prompt is not None:
+            logits = logits + self.copy(hidden.to(self.copy.weight.dtype)).float() * prompt.float()
+        return logits
 
     def strength(self, hidden: torch.Tensor) -> torch.Tensor:
         """Per-position reweighting strength (..., 1): 2 * sigmoid(gate(h)), or 1 without a gate."""
@@ -149,27 +183,40 @@ class Reweighter(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if self.gate is None:
+        if not self._extras():
             return _lm.selected_logits(self.lm, input_ids, attention_mask, select).float()
         hidden = _lm.hidden_states(self.lm, input_ids, attention_mask)
+        prompt = None
+        if self.copy is not None:
+            prompt = self.prompt_tokens(input_ids, attention_mask, select, self.vocab_size)
         if select is not None:
             hidden = hidden[select]
-        return _lm.head_logits(self.lm, hidden).float() * self.strength(hidden)
+            prompt = prompt[select.nonzero()[:, 0]] if prompt is not None else None
+        elif prompt is not None:
+            prompt = prompt[:, None, :]
+        return self._adjust(_lm.head_logits(self.lm, hidden), hidden, prompt)
 
-    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, _lm.StepState]:
-        if self.gate is None:
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        if not self._extras():
             logits, state = _lm.prefill(self.lm, input_ids, attention_mask)
             return logits.float(), state
         hidden, state = _lm.prefill_hidden(self.lm, input_ids, attention_mask)
+        prompt = None
+        if self.copy is not None:
+            prompt = self.prompt_tokens(input_ids, attention_mask, None, self.vocab_size)
+            state = _PromptState(state, prompt)
         with torch.no_grad():
-            return _lm.head_logits(self.lm, hidden).float() * self.strength(hidden), state
+            return self._adjust(_lm.head_logits(self.lm, hidden), hidden, prompt), state
 
-    def step(self, state: _lm.StepState, next_tokens: torch.Tensor) -> torch.Tensor:
-        if self.gate is None:
+    def step(self, state: Any, next_tokens: torch.Tensor) -> torch.Tensor:
+        if not self._extras():
             return _lm.step(self.lm, state, next_tokens).float()
+        prompt = None
+        if isinstance(state, _PromptState):
+            state, prompt = state.inner, state.prompt
         hidden = _lm.step_hidden(self.lm, state, next_tokens)
         with torch.no_grad():
-            return _lm.head_logits(self.lm, hidden).float() * self.strength(hidden)
+            return self._adjust(_lm.head_logits(self.lm, hidden), hidden, prompt)
 
     # Decoding over a top-k support needs only k rows of the head: these skip the other V - k.
     def start_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, _lm.StepState]:
@@ -180,6 +227,8 @@ class Reweighter(nn.Module):
 
     def logits_for(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Reweighting logits (B, k) of the tokens ``ids`` (B, k) from hidden states (B, H)."""
+        if self.copy is not None:
+            raise ValueError("the copy feature needs the prompt: decode with start/step, not logits_for")
         return _lm.head_rows(self.lm, hidden, ids).float() * self.strength(hidden)
 
     # ---- artifacts ---------------------------------------------------------------------------
@@ -194,8 +243,8 @@ class Reweighter(nn.Module):
         cfg["llm_config"] = self.lm.config.to_dict()
         (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
         state = {k: v.detach().contiguous().cpu() for k, v in self.lm.state_dict().items()}
-        if self.gate is not None:
-            state.update({f"{GATE_PREFIX}{k}": v.detach().contiguous().cpu() for k, v in self.gate.state_dict().items()})
+        for name, module in self._extras().items():
+            state.update({f"{EXTRA_PREFIX}{name}.{k}": v.detach().contiguous().cpu() for k, v in module.state_dict().items()})
         if self.config.tie_embeddings:
             state.pop("lm_head.weight", None)
         save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -228,8 +277,12 @@ class Reweighter(nn.Module):
         config.init_from = raw.get("init_from")
         lm = AutoModelForCausalLM.from_config(llm_config, dtype=torch.float32)
         state = load_file(str(path / WEIGHTS_NAME))
-        gate_state = {k[len(GATE_PREFIX):]: v for k, v in state.items() if k.startswith(GATE_PREFIX)}
-        state = {k: v for k, v in state.items() if not k.startswith(GATE_PREFIX)}
+        extra_state: dict[str, dict[str, torch.Tensor]] = {}
+        for k, v in state.items():
+            if k.startswith(EXTRA_PREFIX):
+                name, _, param = k[len(EXTRA_PREFIX):].partition(".")
+                extra_state.setdefault(name, {})[param] = v
+        state = {k: v for k, v in state.items() if not k.startswith(EXTRA_PREFIX)}
         missing, unexpected = lm.load_state_dict(state, strict=False)
         missing = [k for k in missing if not (k == "lm_head.weight" and llm_config.tie_word_embeddings)]
         if missing or unexpected:
@@ -237,12 +290,25 @@ class Reweighter(nn.Module):
         if llm_config.tie_word_embeddings:
             lm.tie_weights()
         model = cls(config, lm)
-        if (model.gate is None) != (not gate_state):
-            raise ValueError(f"plugin weights in {path} do not match its config: gate={config.gate} but "
-                             f"{'no ' if not gate_state else ''}gate weights were saved")
-        if model.gate is not None:
-            model.gate.load_state_dict(gate_state)
+        extras = model._extras()
+        if set(extras) != set(extra_state):
+            raise ValueError(f"plugin weights in {path} do not match its config: it asks for {sorted(extras) or 'no'} "
+                             f"extra modules (gate, copy) but holds weights for {sorted(extra_state) or 'none'}")
+        for name, module in extras.items():
+            module.load_state_dict(extra_state[name])
         return model
+
+
+@dataclass
+class _PromptState:
+    """Decoding state of a reweighter with the copy feature: the LM's cache plus each row's prompt tokens."""
+
+    inner: _lm.StepState
+    prompt: torch.Tensor  # (B, V) bool
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.inner.reorder(index)
+        self.prompt = self.prompt.index_select(0, index)
 
 
 def read_sidecar(path: str | Path) -> dict[str, Any]:
