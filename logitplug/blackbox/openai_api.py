@@ -147,6 +147,12 @@ class OpenAIBlackBox(BlackBox):
     def _sequence(self, ids: list[int]) -> torch.Tensor:
         """(T, V): the distribution after each position (the last from one generated step)."""
         data = self._request(ids, max_tokens=1, echo=True)
+        echoed = [self._map(t) for t in data["tokens"][: len(ids)]]
+        if echoed != list(ids):
+            raise BlackBoxUnavailable(
+                f"{self.base_url} echoed other tokens than were sent (it re-tokenized the prompt, or its tokenizer "
+                "differs from the local one); use a server that takes token-id prompts (token_ids=True) and the served "
+                "model's own tokenizer")
         out = torch.empty((len(ids), self.vocab_size))
         for t in range(1, len(ids)):
             top = data["top_logprobs"][t]
