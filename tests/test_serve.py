@@ -173,3 +173,20 @@ def test_client_reports_an_unreachable_endpoint_clearly(models):
         remote.start(ids, torch.ones_like(ids))
     with pytest.raises(ValueError, match="top_k must be"):
         OpenAIBlackBox("http://127.0.0.1:9/v1", "x", bb.tokenizer, top_k=50)
+
+
+def test_client_without_token_ids_maps_token_strings_back(models, served, tmp_path):
+    from logitplug.blackbox.openai_api import OpenAIBlackBox
+
+    bb, _ = models
+    by_ids = OpenAIBlackBox(served, "tiny", bb.tokenizer, top_k=5, max_context=256)
+    by_text = OpenAIBlackBox(served, "tiny", bb.tokenizer, top_k=5, max_context=256, token_ids=False)
+    ids = torch.tensor([bb.tokenizer("Blue Spice serves cheap food")["input_ids"]])
+    mask = torch.ones_like(ids)
+    a, b = by_text.logprobs_at(ids, mask), by_ids.logprobs_at(ids, mask)
+    # the same numbers wherever a returned string names one token; ambiguous ones join the rest bucket
+    actual = ids[0, 1:]
+    torch.testing.assert_close(a[0, :-1].gather(-1, actual[:, None]), b[0, :-1].gather(-1, actual[:, None]))
+    assert torch.allclose(a.exp().sum(-1), torch.ones(1, ids.shape[1]), atol=1e-4)
+    if by_text.unmapped == 0:
+        torch.testing.assert_close(a, b)

@@ -8,7 +8,9 @@ a plugin trained on a local model's top-k behaves the same against the served on
 
 Token ids: with ``token_ids=True`` (vLLM and ``logitplug serve``) prompts are sent as id lists
 and tokens come back as ``token_id:N``. Otherwise text is sent and token strings are mapped back
-through the tokenizer; a string that maps to no id or to several is an error naming it.
+through the tokenizer: an alternative whose string names no token or several (a partial UTF-8
+byte shows as U+FFFD) stays in the rest bucket (counted in ``unmapped``), and a server that echoes
+other tokens than were sent (it re-tokenized the text) is an error.
 Requests go through the ``openai`` client (timeouts, retries with exponential backoff), at most
 ``concurrency`` at a time, and every answer is kept in an on-disk cache, so a rerun costs nothing.
 """
@@ -77,6 +79,7 @@ class OpenAIBlackBox(BlackBox):
         self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY", "none"),
                                     timeout=timeout, max_retries=max_retries)
         self.requests_sent = 0
+        self.unmapped = 0  # returned alternatives that named no single local token (left in the rest bucket)
         self._by_string: dict[str, int] | None = None
 
     # ---- requests -------------------------------------------------------------------------------
@@ -111,7 +114,9 @@ class OpenAIBlackBox(BlackBox):
             os.replace(tmp, path)
         return data
 
-    def _map(self, token: str) -> int:
+    def _map(self, token: str) -> int | None:
+        """The id of a returned token; None when a string names no token or several (e.g. a partial
+        UTF-8 byte decoded as U+FFFD): such alternatives are left in the rest bucket."""
         if token.startswith("token_id:"):
             return int(token.split(":", 1)[1])
         if self._by_string is None:
@@ -121,19 +126,24 @@ class OpenAIBlackBox(BlackBox):
             self._by_string = {s: ids[0] if len(ids) == 1 else -1 for s, ids in table.items()}
         found = self._by_string.get(token)
         if found is None or found < 0:
-            why = "no token" if found is None else "several tokens"
-            raise BlackBoxUnavailable(f"token {token!r} from {self.base_url} maps to {why} of the local tokenizer; "
-                                      "use a server that returns token ids (token_ids=True) or check the tokenizer")
+            self.unmapped += 1
+            return None
         return found
 
+    def _token_text(self, i: int) -> str:
+        return f"token_id:{i}" if self.token_ids else self.tokenizer.decode([i])
+
     def _dense(self, top: dict[str, float], actual: tuple[int, float] | None = None) -> torch.Tensor:
-        ids = [self._map(t) for t in top]
-        values = list(top.values())
+        pairs = [(self._map(t), v) for t, v in top.items()]
+        ids = [i for i, _ in pairs if i is not None and 0 <= i < self.vocab_size]
+        values = [v for i, v in pairs if i is not None and 0 <= i < self.vocab_size]
         valid = [True] * len(ids)
-        if actual is not None:
+        if actual is not None:  # the echoed token's exact log-prob, when it is outside the top-k
+            valid.append(actual[0] not in ids)
             ids.append(actual[0])
             values.append(actual[1])
-            valid.append(actual[0] not in ids[:-1])
+        if not ids:
+            ids, values, valid = [0], [0.0], [False]
         return densify_support(torch.tensor([ids]), torch.tensor([values]), torch.tensor([valid]), self.vocab_size)[0]
 
     def _map_rows(self, fn, rows):
@@ -147,8 +157,7 @@ class OpenAIBlackBox(BlackBox):
     def _sequence(self, ids: list[int]) -> torch.Tensor:
         """(T, V): the distribution after each position (the last from one generated step)."""
         data = self._request(ids, max_tokens=1, echo=True)
-        echoed = [self._map(t) for t in data["tokens"][: len(ids)]]
-        if echoed != list(ids):
+        if list(data["tokens"][: len(ids)]) != [self._token_text(i) for i in ids]:
             raise BlackBoxUnavailable(
                 f"{self.base_url} echoed other tokens than were sent (it re-tokenized the prompt, or its tokenizer "
                 "differs from the local one); use a server that takes token-id prompts (token_ids=True) and the served "
