@@ -2,8 +2,10 @@
 
 __version__ = "0.1.0"
 
-from .blackbox import BlackBox, LocalBlackBox, load_blackbox
-from .combine import BlackBoxOnly, CombinationRule, MixtureRule, ProductRule, ReweighterOnly, get_rule
+from .blackbox import BlackBox, LocalBlackBox, OpenAIBlackBox, TopKBlackBox, load_blackbox
+from .combine import (
+    BlackBoxOnly, CombinationRule, MixtureRule, ProductRule, ReweighterOnly, SupportProductRule, get_rule,
+)
 from .data import Example, PromptTemplate, get_template
 from .decode import Decoder, GenerationConfig, PluginLogitsProcessor, generate
 from .reweighter import Reweighter, ReweighterConfig, TokenizerMismatchError
@@ -11,7 +13,7 @@ from .train import TrainConfig, TrainingInterrupted, train
 
 __all__ = [
     "BlackBox", "BlackBoxOnly", "CombinationRule", "Decoder", "Example", "GenerationConfig", "LocalBlackBox",
-    "MixtureRule", "PluginLogitsProcessor", "ProductRule", "PromptTemplate", "Reweighter", "ReweighterConfig",
-    "ReweighterOnly", "TokenizerMismatchError", "TrainConfig", "TrainingInterrupted", "__version__", "generate",
-    "get_rule", "get_template", "load_blackbox", "train",
+    "MixtureRule", "OpenAIBlackBox", "PluginLogitsProcessor", "ProductRule", "PromptTemplate", "Reweighter",
+    "ReweighterConfig", "ReweighterOnly", "SupportProductRule", "TokenizerMismatchError", "TopKBlackBox", "TrainConfig",
+    "TrainingInterrupted", "__version__", "generate", "get_rule", "get_template", "load_blackbox", "train",
 ]
