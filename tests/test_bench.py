@@ -154,3 +154,18 @@ def test_topk_black_boxes_are_named_and_train_over_their_support(tiny_dir, tmp_p
     assert rec["blackbox_fingerprint"].startswith("tiny-bb@top5|")
     with pytest.raises(BenchConfigError, match="unknown black box"):
         parse_config(_raw(tiny_dir, tmp_path / "x", blackboxes=["nothing@top5"]))
+
+
+def test_a_training_size_sweep_gives_cells_per_size_a_table_column_and_curves(tiny_dir, tmp_path):
+    raw = _raw(tiny_dir, tmp_path / "out", methods=["zero-shot", "small"], seeds=[0],
+               data={"train_rows": [4, 8], "validation_rows": 4, "test_inputs": 2})
+    table = run_bench(parse_config(raw), progress=False)
+    cells = sorted(p.name for p in (tmp_path / "out" / "cells").rglob("*.json"))
+    assert cells == ["seed0-n4.json", "seed0-n8.json", "unseeded.json"]
+    text = table.read_text()
+    assert "| train rows |" in text and "| small | 4 | 1 |" in text and "| small | 8 | 1 |" in text
+    assert (tmp_path / "out" / "curve-commongen-tiny-bb.png").exists()
+    n4 = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "small" / "seed0-n4.json").read_text())
+    assert n4["train_rows"] == 4 and n4["sweep_size"] == 4
+    with pytest.raises(BenchConfigError, match="train_rows"):
+        parse_config(_raw(tiny_dir, tmp_path / "x", data={"train_rows": [0, 5]}))

@@ -59,6 +59,7 @@ class Method(ABC):
     """A way to produce task outputs from the black box. ``seeded`` methods run once per seed."""
 
     seeded: bool = True
+    uses_training_data: bool = True  # False: one cell however many training rows a config sweeps
 
     def __init__(self, name: str, train: dict[str, Any] | None = None, reweighter: dict[str, Any] | None = None,
                  lora: dict[str, Any] | None = None, generation: dict[str, Any] | None = None, chat: bool = False):
@@ -99,6 +100,7 @@ class ZeroShot(Method):
     """The black box prompted with the task's template."""
 
     seeded = False
+    uses_training_data = False
 
     def run(self, ctx: CellContext) -> MethodOutput:
         return MethodOutput(self._decode(ctx, test_prompts(ctx)))

@@ -16,17 +16,18 @@ LOWER_IS_BETTER = {"SER", "empty"}
 
 def collect(cfg: "BenchConfig") -> list[dict[str, Any]]:
     """Mean, standard deviation and count per (task, black box, method), in config order."""
-    cells: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    cells: dict[tuple[str, str, str, int | None], list[dict[str, Any]]] = defaultdict(list)
     for path in sorted((cfg.output_dir / "cells").rglob("*.json")):
         rec = json.loads(path.read_text())
-        cells[(rec["task"], rec["blackbox"], rec["method"])].append(rec)
+        cells[(rec["task"], rec["blackbox"], rec["method"], rec.get("sweep_size"))].append(rec)
     from .runner import blackbox_label
 
+    sizes = sorted({k[3] for k in cells if k[3] is not None}) + [None]
     rows = []
     for task in cfg.tasks:
         for bb in map(blackbox_label, cfg.blackboxes):
-            for method in cfg.methods:
-                recs = cells.get((task, bb, method.name))
+            for method, size in [(m, n) for m in cfg.methods for n in sizes]:
+                recs = cells.get((task, bb, method.name, size))
                 if not recs:
                     continue
                 metrics = list(recs[0]["scores"])
@@ -38,7 +39,7 @@ def collect(cfg: "BenchConfig") -> list[dict[str, Any]]:
                 rows.append({
                     "task": task, "blackbox": bb, "method": method.name, "runs": len(recs),
                     "seeds": [r["seed"] for r in recs], "test_inputs": recs[0]["test_inputs"],
-                    "train_rows": recs[0]["train_rows"], "scores": summary,
+                    "train_rows": recs[0]["train_rows"], "sweep_size": size, "scores": summary,
                     "per_seed": {str(r["seed"]): r["scores"] for r in recs},
                     "wall_seconds": statistics.fmean(r["wall_seconds"] for r in recs),
                 })
@@ -67,14 +68,16 @@ def markdown(cfg: "BenchConfig", rows: list[dict[str, Any]]) -> str:
             for m in metrics:
                 vals = [r["scores"][m]["mean"] for r in sub if m in r["scores"]]
                 best[m] = min(vals) if m in LOWER_IS_BETTER else max(vals)
-            lines.append("| method | runs | " + " | ".join(metrics) + " | wall s/cell |")
-            lines.append("|---|---|" + "---|" * len(metrics) + "---|")
+            sweep = any(r["sweep_size"] is not None for r in sub)
+            lines.append("| method | " + ("train rows | " if sweep else "") + "runs | " + " | ".join(metrics) + " | wall s/cell |")
+            lines.append("|---|" + ("---|" if sweep else "") + "---|" + "---|" * len(metrics) + "---|")
             for r in sub:
                 cells = []
                 for m in metrics:
                     text = _fmt(r["scores"][m], r["runs"]) if m in r["scores"] else "-"
                     cells.append(f"**{text}**" if m in r["scores"] and r["scores"][m]["mean"] == best[m] else text)
-                lines.append(f"| {r['method']} | {r['runs']} | " + " | ".join(cells) + f" | {r['wall_seconds']:.0f} |")
+                size = (f"{r['train_rows']} | " if r["sweep_size"] is not None else "all | ") if sweep else ""
+                lines.append(f"| {r['method']} | {size}{r['runs']} | " + " | ".join(cells) + f" | {r['wall_seconds']:.0f} |")
             lines.append("")
     return "\n".join(lines)
 
@@ -93,6 +96,9 @@ def plot(cfg: "BenchConfig", rows: list[dict[str, Any]]) -> list[Path]:
             if not sub:
                 continue
             metrics = [m for m in sub[0]["scores"] if m != "empty"]
+            if any(r["sweep_size"] is not None for r in sub):
+                paths.append(_curves(cfg, task, bb, sub, metrics, plt))
+                continue
             fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
             names = [r["method"] for r in sub]
             for ax, m in zip(axes[0], metrics):
@@ -108,6 +114,33 @@ def plot(cfg: "BenchConfig", rows: list[dict[str, Any]]) -> list[Path]:
             plt.close(fig)
             paths.append(path)
     return paths
+
+
+def _curves(cfg: "BenchConfig", task: str, bb: str, sub: list[dict[str, Any]], metrics: list[str], plt) -> Path:
+    """Metric vs number of training rows, one line per method; methods without training data as
+    horizontal lines."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.6), squeeze=False)
+    methods = list(dict.fromkeys(r["method"] for r in sub))
+    for ax, m in zip(axes[0], metrics):
+        for name in methods:
+            pts = sorted((r["train_rows"], r["scores"][m]["mean"], r["scores"][m]["std"]) for r in sub
+                         if r["method"] == name and r["sweep_size"] is not None)
+            flat = [r for r in sub if r["method"] == name and r["sweep_size"] is None]
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                            capsize=3, label=name)
+            elif flat:
+                ax.axhline(flat[0]["scores"][m]["mean"], linestyle="--", color="gray", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("training rows", fontsize=8)
+        ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""), fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{task} · {bb}: metric vs training-set size", fontsize=10)
+    fig.tight_layout()
+    path = cfg.output_dir / f"curve-{task}-{bb}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def write_report(cfg: "BenchConfig") -> Path:

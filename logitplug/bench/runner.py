@@ -58,6 +58,15 @@ class BenchConfig:
     source: dict[str, Any] = field(default_factory=dict)
     config_path: str | None = None  # shown in the table's command line
 
+    @property
+    def sweep(self) -> bool:
+        """Whether data.train_rows lists several sizes (a data-size sweep)."""
+        return isinstance(self.data.get("train_rows"), list)
+
+    def sizes(self) -> list[int | None]:
+        rows = self.data.get("train_rows")
+        return list(rows) if isinstance(rows, list) else [rows]
+
 
 def _need(cond: bool, msg: str) -> None:
     if not cond:
@@ -101,6 +110,10 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
           f"{where}: 'seeds' must be a non-empty list of integers")
     data = dict(raw.get("data") or {})
     _need(not (set(data) - DATA_KEYS), f"{where}: unknown data setting(s) {sorted(set(data) - DATA_KEYS)}; known: {sorted(DATA_KEYS)}")
+    rows = data.get("train_rows")
+    _need(rows is None or (isinstance(rows, int) and rows > 0)
+          or (isinstance(rows, list) and rows and all(isinstance(n, int) and n > 0 for n in rows)),
+          f"{where}: data.train_rows must be a positive integer, a list of them (a training-size sweep), or null")
     generation = _check_section("generation", raw.get("generation"), GenerationConfig, where)
     try:
         GenerationConfig(**generation)
@@ -173,9 +186,11 @@ def blackbox_label(name: str) -> str:
     return (base if base in REGISTRY else _slug(Path(base).expanduser().name)) + suffix
 
 
-def cell_path(cfg: BenchConfig, task: str, blackbox: str, method: str, seed: int | None) -> Path:
-    tail = "unseeded.json" if seed is None else f"seed{seed}.json"
-    return cfg.output_dir / "cells" / task / blackbox_label(blackbox) / _slug(method) / tail
+def cell_path(cfg: BenchConfig, task: str, blackbox: str, method: str, seed: int | None, size: int | None = None) -> Path:
+    tail = "unseeded" if seed is None else f"seed{seed}"
+    if cfg.sweep and size is not None:
+        tail += f"-n{size}"
+    return cfg.output_dir / "cells" / task / blackbox_label(blackbox) / _slug(method) / f"{tail}.json"
 
 
 def settings_key(cfg: BenchConfig, method: Method) -> str:
@@ -210,8 +225,9 @@ class TaskData:
     venue_names: list[str]
 
 
-def prepare_task(cfg: BenchConfig, task: str) -> TaskData:
-    """The task's splits, cut to the config's sizes: the same rows for every method and seed."""
+def prepare_task(cfg: BenchConfig, task: str, train_rows: int | None = None) -> TaskData:
+    """The task's splits, cut to the config's sizes: the same rows for every method and seed
+    (the training rows of a smaller size are a subset of those of a larger one)."""
     import random
 
     splits = load_task(task, cfg.data.get("data_dir"), seed=int(cfg.data.get("split_seed", 0)))
@@ -223,7 +239,7 @@ def prepare_task(cfg: BenchConfig, task: str) -> TaskData:
         random.Random(salt).shuffle(rows)
         return rows[:n]
 
-    train = cut(splits["train"], cfg.data.get("train_rows"), 1)
+    train = cut(splits["train"], train_rows, 1)
     validation = cut(splits["validation"], cfg.data.get("validation_rows"), 2)
     test = group_by_input(splits["test"])
     n_test = cfg.data.get("test_inputs")
@@ -253,24 +269,30 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
         require_java()  # fail now, not after the first cell's training
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     (cfg.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.source, sort_keys=False))
-    cells = [(t, b, m, s if m.seeded else None) for t in cfg.tasks for b in cfg.blackboxes for m in cfg.methods
+    largest = max(cfg.sizes(), key=lambda n: float("inf") if n is None else n)
+    cells = [(t, b, m, s if m.seeded else None, n if m.uses_training_data else largest)
+             for t in cfg.tasks for b in cfg.blackboxes for m in cfg.methods
+             for n in (cfg.sizes() if m.uses_training_data else [largest])
              for s in (cfg.seeds if m.seeded else [None])]
-    todo = [c for c in cells if not _is_done(cell_path(cfg, c[0], c[1], c[2].name, c[3]), settings_key(cfg, c[2]))]
+    todo = [c for c in cells
+            if not _is_done(cell_path(cfg, c[0], c[1], c[2].name, c[3], c[4] if c[2].uses_training_data else None),
+                            settings_key(cfg, c[2]))]
     if only_report:
         todo = []
     print(f"bench {cfg.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
           f"-> {cfg.output_dir}")
-    task_data: dict[str, TaskData] = {}
+    task_data: dict[tuple[str, int | None], TaskData] = {}
     blackboxes: dict[str, Any] = {}
     bar = tqdm(todo, desc="cells", disable=not progress, dynamic_ncols=True, position=0)
-    for task, bb_name, method, seed in bar:
-        bar.set_description(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {seed if seed is not None else '-'}")
-        if task not in task_data:
-            task_data[task] = prepare_task(cfg, task)
+    for task, bb_name, method, seed, size in bar:
+        shown = f" | n={size}" if cfg.sweep and method.uses_training_data else ""
+        bar.set_description(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {seed if seed is not None else '-'}{shown}")
+        if (task, size) not in task_data:
+            task_data[(task, size)] = prepare_task(cfg, task, size)
         if bb_name not in blackboxes:
             blackboxes.clear()  # one black box in memory at a time
             blackboxes[bb_name] = load_blackbox(bb_name)
-        data, bb = task_data[task], blackboxes[bb_name]
+        data, bb = task_data[(task, size)], blackboxes[bb_name]
         template = get_template(cfg.templates.get(task, TASKS[task].template))
         if method.chat and not template.chat:
             template = TEMPLATES[f"{template.name}-chat"]
@@ -291,8 +313,9 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             "settings_key": settings_key(cfg, method),
             "generations": [{"input": ex.input, "output": o} for ex, o in zip(data.test, result.outputs)],
         }
-        _atomic_json(cell_path(cfg, task, bb_name, method.name, seed), record)
-        tqdm.write(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {'-' if seed is None else seed}: "
+        record["sweep_size"] = size if cfg.sweep and method.uses_training_data else None
+        _atomic_json(cell_path(cfg, task, bb_name, method.name, seed, size if method.uses_training_data else None), record)
+        tqdm.write(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {'-' if seed is None else seed}{shown}: "
                    + ", ".join(f"{k} {v:.2f}" for k, v in record["scores"].items()) + f" ({seconds:.0f} s)")
     bar.close()
     return write_report(cfg)
