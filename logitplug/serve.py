@@ -46,6 +46,9 @@ class Message(BaseModel):
     content: str
 
 class ChatRequest(BaseModel):
+    """Chat completion; ``continue_final_message`` (as in vLLM) continues a partial assistant
+    message, which is what per-token steering through a chat API needs."""
+
     model: str | None = None
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
@@ -58,7 +61,8 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     n: int = 1
     return_tokens_as_token_ids: bool = False
-
+    continue_final_message: bool = False
+    add_generation_prompt: bool = True
 
 
 @dataclass
@@ -229,7 +233,14 @@ def create_app(
         check_common(req.n, max_tokens, top)
         if not getattr(tok, "chat_template", None):
             raise ServeError(400, "this model has no chat template; use /v1/completions")
-        prompt = tok.apply_chat_template([m.model_dump() for m in req.messages], tokenize=False, add_generation_prompt=True)
+        messages = [m.model_dump() for m in req.messages]
+        if req.continue_final_message:
+            if messages[-1]["role"] != "assistant":
+                raise ServeError(400, "continue_final_message needs the last message to be the assistant's")
+            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
+                                             continue_final_message=True)
+        else:
+            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=req.add_generation_prompt)
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
         if len(ids) > cfg.max_prompt_tokens:
             raise ServeError(400, f"the prompt has {len(ids)} tokens; this server accepts at most {cfg.max_prompt_tokens}")

@@ -190,3 +190,19 @@ def test_client_without_token_ids_maps_token_strings_back(models, served, tmp_pa
     assert torch.allclose(a.exp().sum(-1), torch.ones(1, ids.shape[1]), atol=1e-4)
     if by_text.unmapped == 0:
         torch.testing.assert_close(a, b)
+
+
+def test_chat_can_continue_a_partial_assistant_message(models):
+    bb, _ = models
+    client = TestClient(create_app(bb))
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Aromi is"}]
+    res = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 3, "temperature": 0,
+                                                    "continue_final_message": True, "add_generation_prompt": False})
+    assert res.status_code == 200, res.text
+    prompt = bb.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
+                                              continue_final_message=True)
+    ids = bb.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    local = Decoder(bb, config=GenerationConfig(max_new_tokens=3)).generate_ids([ids])[0]
+    assert res.json()["choices"][0]["message"]["content"].strip() == local.text
+    bad = client.post("/v1/chat/completions", json={"messages": messages[:1], "continue_final_message": True})
+    assert bad.status_code == 400 and "assistant" in bad.json()["error"]["message"]
