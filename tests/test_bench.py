@@ -1,6 +1,7 @@
 """The bench runner on a tiny random-weight black box and a few real CommonGen rows."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +170,14 @@ def test_a_training_size_sweep_gives_cells_per_size_a_table_column_and_curves(ti
     assert n4["train_rows"] == 4 and n4["sweep_size"] == 4
     with pytest.raises(BenchConfigError, match="train_rows"):
         parse_config(_raw(tiny_dir, tmp_path / "x", data={"train_rows": [0, 5]}))
+
+
+def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path):
+    raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[{"name": "plugin-icl1", "method": "plugin", "icl": 1}],
+               data={"train_rows": 12, "validation_rows": 6, "test_inputs": 2})
+    run_bench(parse_config(raw), progress=False)
+    rec = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin-icl1" / "seed0.json").read_text())
+    sidecar = json.loads((Path(rec["info"]["artifact"]) / "logitplug.json").read_text())
+    assert sidecar["template"]["name"] == "commongen+icl1" and sidecar["template"]["text"].count("Concepts:") == 2
+    with pytest.raises(ValueError, match="'icl' applies to trained"):
+        make_method({"name": "z", "method": "zero-shot", "icl": 2})

@@ -62,9 +62,11 @@ class Method(ABC):
     uses_training_data: bool = True  # False: one cell however many training rows a config sweeps
 
     def __init__(self, name: str, train: dict[str, Any] | None = None, reweighter: dict[str, Any] | None = None,
-                 lora: dict[str, Any] | None = None, generation: dict[str, Any] | None = None, chat: bool = False):
+                 lora: dict[str, Any] | None = None, generation: dict[str, Any] | None = None, chat: bool = False,
+                 icl: int = 0):
         self.name = name
         self.chat = bool(chat)  # use the task template's chat twin (instruct black boxes)
+        self.icl = int(icl)  # trained methods: this many fixed demonstrations in every prompt, in training too
         self.train_overrides = dict(train or {})
         self.reweighter_overrides = dict(reweighter or {})
         self.lora_overrides = dict(lora or {})
@@ -120,6 +122,18 @@ class InContext(Method):
         return MethodOutput(self._decode(ctx, prompts), {"demonstrations": [asdict(d) for d in demos]})
 
 
+def with_demonstrations(ctx: CellContext, k: int) -> CellContext:
+    """The cell with k training examples (drawn by the seed) fixed at the head of every prompt, for
+    training and decoding alike: a plugin on top of in-context learning."""
+    if ctx.template.chat:
+        raise ValueError("fixed demonstrations are built into raw templates; use a template without chat")
+    pool = [ex for ex in ctx.train if ex.target]
+    demos = random.Random(ctx.seed).sample(pool, min(k, len(pool)))
+    shots = "".join(f"{ctx.template.render(d.input)}{ctx.template.target_prefix}{d.target}\n\n" for d in demos)
+    template = replace(ctx.template, name=f"{ctx.template.name}+icl{k}", text=shots.replace("{input}", "{ input}") + ctx.template.text)
+    return replace(ctx, template=template, train=[ex for ex in ctx.train if ex not in demos])
+
+
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -171,6 +185,8 @@ class TrainedCombination(Method):
         self.mixture_weight = mixture_weight
 
     def run(self, ctx: CellContext) -> MethodOutput:
+        if self.icl:
+            ctx = with_demonstrations(ctx, self.icl)
         overrides = {**self.train_overrides, "rule": self.rule}
         if self.rule == "mixture":
             overrides["mixture_weight"] = self.mixture_weight
@@ -239,7 +255,7 @@ def make_method(spec: str | dict[str, Any]) -> Method:
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"a method is a name or a mapping with 'name'; got {spec!r}")
-    unknown = set(spec) - {"name", "method", "train", "reweighter", "lora", "generation", "chat"}
+    unknown = set(spec) - {"name", "method", "train", "reweighter", "lora", "generation", "chat", "icl"}
     if unknown:
         raise ValueError(f"method {spec['name']!r}: unknown keys {sorted(unknown)}")
     base = str(spec.get("method", spec["name"]))
@@ -248,6 +264,11 @@ def make_method(spec: str | dict[str, Any]) -> Method:
         if m:
             kw: dict[str, Any] = {k: spec.get(k) for k in ("train", "reweighter", "lora", "generation")}
             kw["chat"] = bool(spec.get("chat", False))
+            if spec.get("icl"):
+                if not isinstance(factory(str(spec["name"]), m), TrainedCombination):
+                    raise ValueError(f"method {spec['name']!r}: 'icl' applies to trained combinations (plugin, small, "
+                                     "mixture); for prompting alone use icl-K")
+                kw["icl"] = int(spec["icl"])
             _check_keys(spec["name"], "generation", kw["generation"], GenerationConfig)
             _check_keys(spec["name"], "train", kw["train"], TrainConfig)
             _check_keys(spec["name"], "reweighter", kw["reweighter"], ReweighterConfig)
