@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ import torch
 from ..combine import densify_support
 from .base import BlackBox
 
+logger = logging.getLogger(__name__)
 
 class BlackBoxUnavailable(RuntimeError):
     """The endpoint could not be reached or answered in a way logitplug cannot use."""
@@ -126,6 +128,10 @@ class OpenAIBlackBox(BlackBox):
             self._by_string = {s: ids[0] if len(ids) == 1 else -1 for s, ids in table.items()}
         found = self._by_string.get(token)
         if found is None or found < 0:
+            if self.unmapped == 0:
+                logger.warning("token %r from %s names %s of the local tokenizer; such alternatives stay in the rest "
+                               "bucket (servers that return token ids avoid this)", token, self.base_url,
+                               "no token" if found is None else "several tokens")
             self.unmapped += 1
             return None
         return found
