@@ -129,8 +129,9 @@ def with_demonstrations(ctx: CellContext, k: int) -> CellContext:
         raise ValueError("fixed demonstrations are built into raw templates; use a template without chat")
     pool = [ex for ex in ctx.train if ex.target]
     demos = random.Random(ctx.seed).sample(pool, min(k, len(pool)))
-    shots = "".join(f"{ctx.template.render(d.input)}{ctx.template.target_prefix}{d.target}\n\n" for d in demos)
-    template = replace(ctx.template, name=f"{ctx.template.name}+icl{k}", text=shots.replace("{input}", "{ input}") + ctx.template.text)
+    marker = "\x00input\x00"  # the same layout as icl-K prompts, with the input left open
+    text = ctx.template.render_with_demos(marker, demos).replace("{input}", "{ input}").replace(marker, "{input}")
+    template = replace(ctx.template, name=f"{ctx.template.name}+icl{k}", text=text)
     return replace(ctx, template=template, train=[ex for ex in ctx.train if ex not in demos])
 
 
