@@ -28,20 +28,23 @@ def _fail(message: str) -> None:
 
 
 _BB_HELP = ("registered name, model folder or .gguf file; NAME@topK for top-K access only; or the URL of an "
-            "OpenAI-compatible endpoint (with --endpoint-model and --tokenizer)")
+            "OpenAI-compatible endpoint, URL@topK, chat+URL for a chat endpoint (with --endpoint-model and --tokenizer)")
 
 
 def _load_bb(name: str, endpoint_model: Optional[str] = None, tokenizer: Optional[str] = None):
     from .blackbox import load_blackbox, open_endpoint
 
     try:
+        api = "completions"
+        if name.startswith("chat+"):
+            api, name = "chat", name[len("chat+"):]
         if name.startswith(("http://", "https://")):
             if not endpoint_model or not tokenizer:
                 _fail("an endpoint black box needs --endpoint-model (the served model's id) and --tokenizer "
                       "(a registered name or a folder with the served model's tokenizer)")
             base, sep, k = name.rpartition("@top")
             url, top_k = (base, int(k)) if sep and k.isdigit() else (name, 20)
-            return open_endpoint(url, endpoint_model, tokenizer, top_k=top_k)  # type: ignore[arg-type]
+            return open_endpoint(url, endpoint_model, tokenizer, top_k=top_k, api=api)  # type: ignore[arg-type]
         return load_blackbox(name)
     except (FileNotFoundError, ModuleNotFoundError, KeyError, ValueError) as e:
         _fail(str(e))

@@ -206,3 +206,35 @@ def test_chat_can_continue_a_partial_assistant_message(models):
     assert res.json()["choices"][0]["message"]["content"].strip() == local.text
     bad = client.post("/v1/chat/completions", json={"messages": messages[:1], "continue_final_message": True})
     assert bad.status_code == 400 and "assistant" in bad.json()["error"]["message"]
+
+
+def test_chat_access_steers_token_by_token_through_continued_assistant_turns(models, served, tmp_path):
+    from logitplug.blackbox.openai_api import OpenAIBlackBox
+    from logitplug.combine import truncate_to_topk
+
+    bb, _ = models
+    remote = OpenAIBlackBox(served, "tiny", bb.tokenizer, top_k=5, cache_dir=tmp_path / "r", max_context=256, api="chat")
+    user = "Aromi is"
+    prompt = bb.tokenizer(user)["input_ids"]
+
+    def local_next(partial: str):
+        msgs = [{"role": "user", "content": user}] + ([{"role": "assistant", "content": partial}] if partial else [])
+        text = bb.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=not partial,
+                                                continue_final_message=bool(partial))
+        ids = bb.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return truncate_to_topk(bb.logprobs_at(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))[0, -1], 5)
+
+    first, state = remote.start(torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long))
+    torch.testing.assert_close(first[0], local_next(""), atol=1e-4, rtol=1e-4)
+    nxt = bb.tokenizer(" a coffee")["input_ids"]
+    second = remote.step(state, torch.tensor([nxt[0]]))
+    torch.testing.assert_close(second[0], local_next(bb.tokenizer.decode([nxt[0]])), atol=1e-4, rtol=1e-4)
+    # training: one request per response position, the user turn being the prompt
+    ids = torch.tensor([prompt + nxt])
+    select = torch.zeros_like(ids, dtype=torch.bool)
+    select[0, len(prompt) - 1 : ids.shape[1] - 1] = True
+    scored = remote.logprobs_at(ids, torch.ones_like(ids), select)
+    assert scored.shape == (len(nxt), bb.vocab_size)
+    torch.testing.assert_close(scored[0], first[0])
+    with pytest.raises(ValueError, match="pass `select`"):
+        remote.logprobs_at(ids, torch.ones_like(ids))

@@ -1,7 +1,10 @@
 """A black box behind an OpenAI-compatible completions endpoint, seen through top-k log-probs.
 
 Works with any server that returns ``logprobs`` on ``/v1/completions`` (vLLM, llama.cpp's server,
-``logitplug serve``, legacy OpenAI models). Teacher-forced log-probs come from ``echo=true``
+``logitplug serve``, legacy OpenAI models); with ``api="chat"``, with chat servers that can continue
+a partial assistant message (``continue_final_message``: vLLM, ``logitplug serve``): the prompt is
+sent as the user's turn and the response so far as the assistant's, one request per token (also
+in training, where the actual token's log-prob is known only when it is in the top-k). Teacher-forced log-probs come from ``echo=true``
 (one request per sequence: top-k at every position plus the actual token's log-prob); decoding
 sends one request per generated token. Answers are densified exactly as ``TopKBlackBox`` does, so
 a plugin trained on a local model's top-k behaves the same against the served one.
@@ -43,9 +46,11 @@ class _Rows:
     """Decoding state: each row's tokens so far (the server keeps no state between requests)."""
 
     rows: list[list[int]] = field(default_factory=list)
+    prompt_lens: list[int] = field(default_factory=list)
 
     def reorder(self, index: torch.Tensor) -> None:
         self.rows = [list(self.rows[i]) for i in index.tolist()]
+        self.prompt_lens = [self.prompt_lens[i] for i in index.tolist()] if self.prompt_lens else []
 
 
 class OpenAIBlackBox(BlackBox):
@@ -65,8 +70,13 @@ class OpenAIBlackBox(BlackBox):
         cache_dir: str | Path | None = None,
         vocab_size: int | None = None,
         max_context: int = 2048,
+        api: str = "completions",
     ):
         import openai
+
+        if api not in ("completions", "chat"):
+            raise ValueError(f"api must be 'completions' or 'chat', got {api!r}")
+        self.api = api
 
         if not 1 <= top_k <= 20:
             raise ValueError(f"top_k must be in 1..20 (what OpenAI-compatible APIs return), got {top_k}")
@@ -75,7 +85,7 @@ class OpenAIBlackBox(BlackBox):
         self.vocab_size = int(vocab_size or len(tokenizer))
         self.max_context = int(max_context)
         self.device = torch.device("cpu")
-        self.identity = f"openai:{self.base_url}:{model}@top{self.top_k}"
+        self.identity = f"openai{'-chat' if api == 'chat' else ''}:{self.base_url}:{model}@top{self.top_k}"
         self.concurrency = max(1, int(concurrency))
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY", "none"),
@@ -115,6 +125,46 @@ class OpenAIBlackBox(BlackBox):
                 json.dump(data, f)
             os.replace(tmp, path)
         return data
+
+    def _chat_request(self, user: str, partial: str) -> dict[str, Any]:
+        """Top-k of the next token after ``partial`` in the assistant's turn (empty: its first token).
+        Continuing a partial assistant message needs a server that supports ``continue_final_message``
+        (vLLM, ``logitplug serve``); OpenAI's own chat API does not."""
+        import openai
+
+        messages = [{"role": "user", "content": user}] + ([{"role": "assistant", "content": partial}] if partial else [])
+        extra = {"continue_final_message": bool(partial), "add_generation_prompt": not partial}
+        if self.token_ids:
+            extra["return_tokens_as_token_ids"] = True
+        payload = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": True,
+                   "top_logprobs": self.top_k}
+        key = hashlib.sha256(json.dumps([self.base_url, "chat", payload, extra]).encode()).hexdigest()[:40]
+        path = self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir else None
+        if path is not None and path.exists():
+            return json.loads(path.read_text())
+        try:
+            self.requests_sent += 1
+            answer = self.client.chat.completions.create(**payload, extra_body=extra)
+        except openai.APIConnectionError as e:
+            raise BlackBoxUnavailable(f"cannot reach the black box at {self.base_url} ({e}); is the server running?") from None
+        except openai.APIStatusError as e:
+            raise BlackBoxUnavailable(f"the black box at {self.base_url} refused the request: {e.status_code} {e.message}") from None
+        content = answer.choices[0].logprobs.content if answer.choices[0].logprobs else None
+        if not content:
+            raise BlackBoxUnavailable(f"{self.base_url} returned no log-probs for the chat request")
+        data = {"top": {t.token: t.logprob for t in content[0].top_logprobs}}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        return data
+
+    def _chat_next(self, row: tuple[list[int], list[int]]) -> torch.Tensor:
+        prompt, generated = row
+        user = self.tokenizer.decode(prompt, skip_special_tokens=True)
+        return self._dense(self._chat_request(user, self.tokenizer.decode(generated, skip_special_tokens=True))["top"])
 
     def _map(self, token: str) -> int | None:
         """The id of a returned token; None when a string names no token or several (e.g. a partial
@@ -176,6 +226,8 @@ class OpenAIBlackBox(BlackBox):
         return out
 
     def logprobs_at(self, input_ids, attention_mask, select=None):
+        if self.api == "chat":
+            return self._chat_logprobs_at(input_ids, attention_mask, select)
         rows = [r[m.bool()].tolist() for r, m in zip(input_ids.cpu(), attention_mask.cpu())]
         seqs = self._map_rows(self._sequence, rows)
         width = input_ids.shape[1]
@@ -185,14 +237,33 @@ class OpenAIBlackBox(BlackBox):
             full[b, positions] = seq
         return full[select.cpu()] if select is not None else full
 
+    def _chat_logprobs_at(self, input_ids, attention_mask, select):
+        """One request per selected (response) position: the user turn is the text up to the row's
+        first selected position, the assistant's partial turn the response so far."""
+        if select is None:
+            raise ValueError("chat access scores response positions only: pass `select` (training does)")
+        jobs = []
+        for b, t in select.cpu().nonzero().tolist():
+            first = int(select[b].float().argmax())
+            row = input_ids[b].cpu().tolist()
+            jobs.append((row[: first + 1], row[first + 1 : t + 1]))
+        return torch.stack(self._map_rows(self._chat_next, jobs)) if jobs else torch.empty((0, self.vocab_size))
+
     def _next(self, ids: list[int]) -> torch.Tensor:
         return self._dense(self._request(ids, max_tokens=1, echo=False)["top_logprobs"][0])
 
     def start(self, input_ids, attention_mask):
         state = _Rows([r[m.bool()].tolist() for r, m in zip(input_ids.cpu(), attention_mask.cpu())])
-        return torch.stack(self._map_rows(self._next, state.rows)), state
+        state.prompt_lens = [len(r) for r in state.rows]
+        return self._advance(state), state
 
     def step(self, state, next_tokens):
         for row, tok in zip(state.rows, next_tokens.tolist()):
             row.append(int(tok))
+        return self._advance(state)
+
+    def _advance(self, state: "_Rows") -> torch.Tensor:
+        if self.api == "chat":
+            jobs = [(row[:n], row[n:]) for row, n in zip(state.rows, state.prompt_lens)]
+            return torch.stack(self._map_rows(self._chat_next, jobs))
         return torch.stack(self._map_rows(self._next, state.rows))

@@ -138,7 +138,7 @@ def load_tokenizer(name_or_path: str) -> Any:
 
 def open_endpoint(
     base_url: str, model: str, tokenizer: str, top_k: int = 20, api_key: str | None = None,
-    cache_dir: str | Path | None = None, token_ids: bool = True,
+    cache_dir: str | Path | None = None, token_ids: bool = True, api: str = "completions",
 ) -> OpenAIBlackBox:
     """A black box behind an OpenAI-compatible endpoint; ``tokenizer`` names the served model's
     tokenizer (a registered name or a folder); responses are cached under LOGITPLUG_HOME."""
@@ -151,4 +151,4 @@ def open_endpoint(
         folder = ensure_converted(tokenizer) if tokenizer in REGISTRY else Path(tokenizer)
         vocab = getattr(AutoConfig.from_pretrained(folder), "vocab_size", None)
     return OpenAIBlackBox(base_url, model, tok, top_k=top_k, api_key=api_key, cache_dir=cache, vocab_size=vocab,
-                          token_ids=token_ids)
+                          token_ids=token_ids, api=api)
