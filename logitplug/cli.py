@@ -347,6 +347,7 @@ def bench(
     output_dir: Optional[Path] = typer.Option(None, help="override the config's output_dir"),
     report_only: bool = typer.Option(False, "--report-only", help="only rebuild the table and plots from finished cells"),
     seeds: Optional[str] = typer.Option(None, help="run only these seeds now, e.g. '0' or '0,1' (a first pass)"),
+    methods: Optional[str] = typer.Option(None, help="run only these methods now, comma-separated names from the config"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
     """Run a grid of tasks x black boxes x methods x seeds; rerun to resume (finished cells are skipped).
@@ -367,6 +368,12 @@ def bench(
                 cfg.seeds = [int(s) for s in seeds.split(",") if s.strip()]
             except ValueError:
                 _fail(f"--seeds takes comma-separated integers, got {seeds!r}")
+        if methods is not None:
+            wanted = [m.strip() for m in methods.split(",") if m.strip()]
+            unknown = sorted(set(wanted) - {m.name for m in cfg.methods})
+            if unknown:
+                _fail(f"--methods: {unknown} are not in {config}; it has {[m.name for m in cfg.methods]}")
+            cfg.methods = [m for m in cfg.methods if m.name in wanted]
         table = run_bench(cfg, progress=progress, only_report=report_only)
     except (BenchConfigError, FileNotFoundError, RuntimeError) as e:
         if isinstance(e, TrainingInterrupted):

@@ -157,8 +157,9 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         key = _key(ctx.blackbox.fingerprint, ctx.template, _data_key(ctx), probe.to_dict(), rcfg.to_dict())
         folder = ctx.models_dir / f"reweighter-{key}"
         if not (folder / "logitplug.json").exists() or (folder / "checkpoint").exists():
-            tcfg = replace(probe, output_dir=str(folder), cache_dir=str(ctx.models_dir / "logprob-cache"),
-                           progress=ctx.progress)
+            # the config's train.cache_dir lets runs share recorded log-probs; by default each run keeps its own
+            tcfg = replace(probe, output_dir=str(folder), progress=ctx.progress,
+                           cache_dir=probe.cache_dir or str(ctx.models_dir / "logprob-cache"))
             selector = None
             if tcfg.select_by != "loss":
                 selector = text_metric_selector(ctx.blackbox, ctx.template, ctx.validation, tcfg.select_by,
