@@ -95,7 +95,10 @@ def finetune_lora(
     cfg = config or LoraTrainConfig()
     out = Path(output_dir)
     device = blackbox.device
-    base = copy.deepcopy(blackbox.model).float()
+    base = copy.deepcopy(blackbox.model)
+    for p in base.parameters():  # train in fp32 (a GGUF-converted model refuses `.float()`)
+        if p.dtype != torch.float32:
+            p.data = p.data.float()
     identity = f"{blackbox.identity}+lora"
 
     if (out / DONE_NAME).exists():

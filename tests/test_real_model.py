@@ -89,3 +89,14 @@ def test_client_against_our_server_serving_smollm2_matches_local_access(smollm2,
         gen = GenerationConfig(max_new_tokens=20)
         assert Decoder(remote, config=gen).generate_ids([prompt])[0].text == \
             Decoder(smollm2, config=gen).generate_ids([prompt])[0].text
+
+
+def test_lora_fine_tunes_the_converted_smollm2(smollm2, e2e, tmp_path):
+    from logitplug.finetune import LoraTrainConfig, finetune_lora
+
+    tuned = finetune_lora(smollm2, e2e["train"][:8], e2e["validation"][:4], TEMPLATES["e2e"], tmp_path / "lora",
+                          LoraTrainConfig(epochs=1, batch_size=4, progress=False))
+    ids = torch.tensor([encode_prompt(smollm2.tokenizer, TEMPLATES["e2e"], e2e["test"][0].input)])
+    mask = torch.ones_like(ids)
+    assert not torch.allclose(tuned.logprobs_at(ids, mask), smollm2.logprobs_at(ids, mask))  # the adapters act
+    assert (tmp_path / "lora" / "finetune.json").exists()
