@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ._io import atomic_write_bytes
 from .combine import densify_topk
 from .data import EncodedExample
 
@@ -58,7 +59,7 @@ class LogProbCache:
                     "Use another --cache-dir or delete that folder."
                 )
         else:
-            _atomic_write_bytes(meta_path, json.dumps(meta, sort_keys=True).encode())
+            atomic_write_bytes(meta_path, json.dumps(meta, sort_keys=True).encode())
 
     def key(self, example: EncodedExample) -> str:
         h = hashlib.sha256(self.fingerprint.encode())
@@ -108,10 +109,3 @@ class LogProbCache:
         ids = torch.cat([e["ids"] for e in entries]).to(device)
         values = torch.cat([e["logprobs"] for e in entries]).to(device)
         return densify_topk(ids, values, self.vocab_size)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

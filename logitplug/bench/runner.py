@@ -9,8 +9,6 @@ error up front, not an hour in.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
+from .._io import atomic_write_json
 from ..blackbox import load_blackbox
 from ..blackbox.registry import REGISTRY
 from ..data import TASKS, TEMPLATES, Example, get_template, group_by_input, load_task
@@ -161,14 +160,6 @@ def load_config(path: str | Path) -> BenchConfig:
     cfg = parse_config(raw, where=str(path))
     cfg.config_path = str(path)
     return cfg
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 def _slug(text: str) -> str:
@@ -314,7 +305,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             "generations": [{"input": ex.input, "output": o} for ex, o in zip(data.test, result.outputs)],
         }
         record["sweep_size"] = size if cfg.sweep and method.uses_training_data else None
-        _atomic_json(cell_path(cfg, task, bb_name, method.name, seed, size if method.uses_training_data else None), record)
+        atomic_write_json(cell_path(cfg, task, bb_name, method.name, seed, size if method.uses_training_data else None), record, indent=2, default=str)
         tqdm.write(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {'-' if seed is None else seed}{shown}: "
                    + ", ".join(f"{k} {v:.2f}" for k, v in record["scores"].items()) + f" ({seconds:.0f} s)")
     bar.close()

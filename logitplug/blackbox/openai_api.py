@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import torch
 
+from .._io import atomic_write_json
 from ..combine import densify_support
 from .base import BlackBox
 
@@ -96,70 +96,61 @@ class OpenAIBlackBox(BlackBox):
 
     # ---- requests -------------------------------------------------------------------------------
 
-    def _request(self, ids: list[int], max_tokens: int, echo: bool) -> dict[str, Any]:
+    def _cached(self, key_parts: list[Any], call, parse) -> dict[str, Any]:
+        """One request through the on-disk cache: answered from disk when seen before, else sent with
+        connection and status errors turned into ``BlackBoxUnavailable``, parsed, and stored."""
         import openai
 
-        payload = {"model": self.model, "prompt": ids if self.token_ids else self.tokenizer.decode(ids),
-                   "max_tokens": max_tokens, "echo": echo, "logprobs": self.top_k, "temperature": 0.0}
-        key = hashlib.sha256(json.dumps([self.base_url, payload, self.token_ids]).encode()).hexdigest()[:40]
+        key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:40]
         path = self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir else None
         if path is not None and path.exists():
             return json.loads(path.read_text())
-        extra = {"return_tokens_as_token_ids": True} if self.token_ids else None
         try:
             self.requests_sent += 1
-            answer = self.client.completions.create(**payload, extra_body=extra)
+            answer = call()
         except openai.APIConnectionError as e:
             raise BlackBoxUnavailable(f"cannot reach the black box at {self.base_url} ({e}); is the server running?") from None
         except openai.APIStatusError as e:
             raise BlackBoxUnavailable(f"the black box at {self.base_url} refused the request: {e.status_code} {e.message}") from None
-        lp = answer.choices[0].logprobs
-        if lp is None or lp.top_logprobs is None:
-            raise BlackBoxUnavailable(f"{self.base_url} returned no log-probs; it must support `logprobs` on /v1/completions")
-        data = {"tokens": list(lp.tokens), "token_logprobs": list(lp.token_logprobs),
-                "top_logprobs": [dict(t) if t is not None else None for t in lp.top_logprobs]}
+        data = parse(answer)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
+            atomic_write_json(path, data)
         return data
+
+    def _request(self, ids: list[int], max_tokens: int, echo: bool) -> dict[str, Any]:
+        payload = {"model": self.model, "prompt": ids if self.token_ids else self.tokenizer.decode(ids),
+                   "max_tokens": max_tokens, "echo": echo, "logprobs": self.top_k, "temperature": 0.0}
+        extra = {"return_tokens_as_token_ids": True} if self.token_ids else None
+
+        def parse(answer) -> dict[str, Any]:
+            lp = answer.choices[0].logprobs
+            if lp is None or lp.top_logprobs is None:
+                raise BlackBoxUnavailable(f"{self.base_url} returned no log-probs; it must support `logprobs` on /v1/completions")
+            return {"tokens": list(lp.tokens), "token_logprobs": list(lp.token_logprobs),
+                    "top_logprobs": [dict(t) if t is not None else None for t in lp.top_logprobs]}
+
+        return self._cached([self.base_url, payload, self.token_ids],
+                            lambda: self.client.completions.create(**payload, extra_body=extra), parse)
 
     def _chat_request(self, user: str, partial: str) -> dict[str, Any]:
         """Top-k of the next token after ``partial`` in the assistant's turn (empty: its first token).
         Continuing a partial assistant message needs a server that supports ``continue_final_message``
         (vLLM, ``logitplug serve``); OpenAI's own chat API does not."""
-        import openai
-
         messages = [{"role": "user", "content": user}] + ([{"role": "assistant", "content": partial}] if partial else [])
         extra = {"continue_final_message": bool(partial), "add_generation_prompt": not partial}
         if self.token_ids:
             extra["return_tokens_as_token_ids"] = True
         payload = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": True,
                    "top_logprobs": self.top_k}
-        key = hashlib.sha256(json.dumps([self.base_url, "chat", payload, extra]).encode()).hexdigest()[:40]
-        path = self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir else None
-        if path is not None and path.exists():
-            return json.loads(path.read_text())
-        try:
-            self.requests_sent += 1
-            answer = self.client.chat.completions.create(**payload, extra_body=extra)
-        except openai.APIConnectionError as e:
-            raise BlackBoxUnavailable(f"cannot reach the black box at {self.base_url} ({e}); is the server running?") from None
-        except openai.APIStatusError as e:
-            raise BlackBoxUnavailable(f"the black box at {self.base_url} refused the request: {e.status_code} {e.message}") from None
-        content = answer.choices[0].logprobs.content if answer.choices[0].logprobs else None
-        if not content:
-            raise BlackBoxUnavailable(f"{self.base_url} returned no log-probs for the chat request")
-        data = {"top": {t.token: t.logprob for t in content[0].top_logprobs}}
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
-        return data
+
+        def parse(answer) -> dict[str, Any]:
+            content = answer.choices[0].logprobs.content if answer.choices[0].logprobs else None
+            if not content:
+                raise BlackBoxUnavailable(f"{self.base_url} returned no log-probs for the chat request")
+            return {"top": {t.token: t.logprob for t in content[0].top_logprobs}}
+
+        return self._cached([self.base_url, "chat", payload, extra],
+                            lambda: self.client.chat.completions.create(**payload, extra_body=extra), parse)
 
     def _chat_next(self, row: tuple[list[int], list[int]]) -> torch.Tensor:
         prompt, generated = row
