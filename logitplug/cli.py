@@ -63,6 +63,7 @@ from .data import TASKS  # noqa: E402
 from .data import TEMPLATES as _TEMPLATES  # noqa: E402
 from .decode import GenerationConfig as _G  # noqa: E402
 from .reweighter import ReweighterConfig as _R  # noqa: E402
+from .recipes import DEFAULT_RECIPE, RECIPES  # noqa: E402
 from .train import TrainConfig as _T  # noqa: E402
 
 _TEMPLATE_HELP = f"prompt template: a name ({', '.join(sorted(_TEMPLATES))}) or text with {{input}}"
@@ -78,8 +79,34 @@ def _task_splits(task: str, data_dir: Optional[Path], seed: int):
         _fail(str(e))
 
 
+_CLI_NAME = {"num_layers": "layers", "hidden_size": "hidden", "num_heads": "heads", "intermediate_size": "ffn"}
+
+
+def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
+    """``values`` (the command's options) with the recipe's settings wherever the user left an
+    option at its default: explicit options always win."""
+    from click.core import ParameterSource
+
+    from .recipes import get_recipe
+
+    try:
+        recipe = get_recipe(name)
+    except ValueError as e:
+        _fail(str(e))
+    wanted = {"demonstrations": recipe.demonstrations, **recipe.train,
+              **{_CLI_NAME.get(k, k): v for k, v in recipe.reweighter.items()}}
+    out = dict(values)
+    for option, value in wanted.items():
+        if option not in out:
+            raise KeyError(f"recipe {name!r} sets {option!r}, which `train` has no option for")
+        if ctx.get_parameter_source(option) in (None, ParameterSource.DEFAULT):
+            out[option] = value
+    return out
+
+
 @app.command()
 def train(
+    ctx: typer.Context,
     train_file: Optional[Path] = typer.Option(None, help="CSV/TSV/JSONL with training examples (or use --task)"),
     task: Optional[str] = typer.Option(None, help=_TASK_HELP + " (instead of --train-file)"),
     data_dir: Optional[Path] = typer.Option(None, help="data folder for --task (default: $LOGITPLUG_DATA or ../shared/data)"),
@@ -93,6 +120,13 @@ def train(
     target_column: str = typer.Option("target", help="column holding the target text"),
     template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP + " (default: the task's, else 'plain')"),
     chat: bool = typer.Option(False, help="wrap the prompt in the tokenizer's chat template"),
+    recipe: str = typer.Option(
+        DEFAULT_RECIPE, help="named settings to start from: " + "; ".join(f"'{r.name}': {r.description}"
+                                                                           for r in RECIPES.values())
+        + ". Options you give override it"),
+    demonstrations: int = typer.Option(
+        0, help="solved training examples (drawn by --seed) fixed at the head of every prompt, in training and in "
+                "`generate` (the plugin stores them with its template)"),
     epochs: int = typer.Option(80, help=_help(_T, "epochs")),
     batch_size: int = typer.Option(8, help=_help(_T, "batch_size")),
     lr: float = typer.Option(5e-4, help=_help(_T, "lr")),
@@ -105,6 +139,7 @@ def train(
     support_k: int = typer.Option(0, help=_help(_T, "support_k")),
     select_by: str = typer.Option("loss", help=_help(_T, "select_by")),
     select_inputs: int = typer.Option(100, help=_help(_T, "select_inputs")),
+    copy_augment: float = typer.Option(0.0, help=_help(_T, "copy_augment")),
     layers: int = typer.Option(1, help=_help(_R, "num_layers")),
     hidden: int = typer.Option(256, help=_help(_R, "hidden_size")),
     heads: int = typer.Option(4, help=_help(_R, "num_heads")),
@@ -127,20 +162,17 @@ def train(
     from .train import TrainConfig, TrainingInterrupted
     from .train import train as run_train
 
+    o = _apply_recipe(ctx, recipe, {k: v for k, v in locals().items() if k not in ("ctx", "recipe")})
+    demonstrations = o["demonstrations"]
+
     try:
         if (task is None) == (train_file is None):
             _fail("give either --train-file or --task")
         tmpl = get_template(template or (TASKS[task].template if task in TASKS else "plain"), chat=chat)
-        tcfg = TrainConfig(
-            output_dir=str(output_dir), epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-            patience=patience, max_length=max_length, rule=rule, cache=cache, cache_dir=cache_dir,  # type: ignore[arg-type]
-            cache_top_k=cache_top_k, checkpoint_every=checkpoint_every, max_steps=max_steps, seed=seed,
-            alpha=alpha, mixture_weight=mixture_weight, support_k=support_k, select_by=select_by,
-            select_inputs=select_inputs,
-        )
-        rcfg = ReweighterConfig(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=ffn,
-                                zero_init_head=zero_init_head, gate=gate, copy_feature=copy_feature,
-                                init_from=init_from)
+        tcfg = TrainConfig(output_dir=str(output_dir), **{f.name: o[f.name] for f in fields(TrainConfig)
+                                                          if f.name in o and f.name != "output_dir"})
+        rcfg = ReweighterConfig(**{f.name: o[_CLI_NAME.get(f.name, f.name)] for f in fields(ReweighterConfig)
+                                   if _CLI_NAME.get(f.name, f.name) in o})
     except ValueError as e:
         _fail(str(e))
     if task is not None:  # the task's own validation split does early stopping
@@ -156,6 +188,16 @@ def train(
             eval_rows, train_rows = split_by_input(train_rows, eval_fraction, seed)
             if not eval_rows or not train_rows:
                 _fail("too few distinct inputs to split off a held-out set; pass --eval-file")
+    if demonstrations < 0:
+        _fail(f"--demonstrations must be >= 0, got {demonstrations}")
+    if demonstrations:
+        from .data import draw_demonstrations
+
+        try:
+            demos, train_rows = draw_demonstrations(train_rows, demonstrations, seed)
+        except ValueError as e:
+            _fail(str(e))
+        tmpl = tmpl.with_demonstrations(demos)
     bb = _load_bb(blackbox, endpoint_model, tokenizer)
     from .data import DataError
 
@@ -210,7 +252,8 @@ def generate(
     num_beams: int = typer.Option(4, help=_help(_G, "num_beams")),
     repetition_penalty: float = typer.Option(1.1, help=_help(_G, "repetition_penalty")),
     repetition_scope: str = typer.Option("generated", help=_help(_G, "repetition_scope")),
-    stop: list[str] = typer.Option([], help="stop string (repeatable)"),
+    stop: list[str] = typer.Option([], help="stop string (repeatable; default: a blank line when the prompt holds "
+                                                 "demonstrations, which is where their answers end)"),
     batch_size: int = typer.Option(8, help=_help(_G, "batch_size")),
     seed: int = typer.Option(0, help=_help(_G, "seed")),
 ) -> None:
@@ -244,6 +287,8 @@ def generate(
         tmpl = PromptTemplate(**read_sidecar(plugin)["template"])
     else:
         tmpl = get_template(TASKS[task].template if task in TASKS else "plain", chat=chat)
+    if tmpl.demos and not stop:
+        gcfg.stop_strings = ("\n\n",)
     if (task is None) == (input_file is None):
         _fail("give either --input-file or --task")
     if task is not None:

@@ -38,7 +38,7 @@ class GenerationConfig:
     repetition_scope: Literal["generated", "all"] = field(
         default="generated", metadata={"help": "penalize generated tokens only, or prompt tokens too"}
     )
-    stop_strings: tuple[str, ...] = field(default=(), metadata={"help": "end a row when its text contains one"})
+    stop_strings: tuple[str, ...] = field(default=(), metadata={"help": "end a row when its text contains one after its first visible character"})
     logprobs: int = field(default=0, metadata={"help": "record the top-N log-probs of the decoding distribution at each new token"})
     batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
@@ -231,7 +231,9 @@ class Decoder:
         if not self.config.stop_strings:
             return None
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        hits = [text.index(s) for s in self.config.stop_strings if s in text]
+        # leading blank lines are not an answer's end: match only after the first visible character
+        start = len(text) - len(text.lstrip())
+        hits = [text.index(s, start) for s in self.config.stop_strings if s in text[start:]]
         return text[: min(hits)] if hits else None
 
     def _finish(self, tokens: list[int], reason: str, logprobs: list[TokenLogprobs] | None = None) -> Generation:

@@ -25,6 +25,7 @@ from .blackbox import BlackBox, logitplug_home
 from .cache import LogProbCache
 from .combine import get_rule
 from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, targets_of
+from .data.augment import augment_copied_names
 from .reweighter import Reweighter, ReweighterConfig
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,12 @@ class TrainConfig:
         metadata={"help": "what picks the best epoch and drives early stopping: 'loss' (held-out NLL, the paper's) or a "
                           "text metric (BLEU, ROUGE-L, METEOR, ...) of greedy outputs on held-out inputs"},
     )
+    copy_augment: float = field(
+        default=0.0,
+        metadata={"help": "fraction of training rows whose names copied from the input are replaced by pseudo-names, "
+                          "in input and target alike, so the plugin leaves copying to the black box "
+                          "(logitplug.data.augment)"},
+    )
     select_inputs: int = field(default=100, metadata={"help": "held-out inputs decoded per epoch when select_by is a metric"})
     checkpoint_every: int = field(default=200, metadata={"help": "optimizer steps between checkpoints (0: per epoch only)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: no limit)"})
@@ -113,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.rule must be 'product', 'mixture' or 'reweighter', got {self.rule!r}")
         if self.support_k < 0 or (self.support_k and self.rule != "product"):
             raise ValueError("TrainConfig.support_k must be >= 0 and needs rule='product'")
+        if not 0 <= self.copy_augment <= 1:
+            raise ValueError(f"TrainConfig.copy_augment must be in [0, 1], got {self.copy_augment!r}")
         if self.objective not in ("mle", "distill"):
             raise ValueError(f"TrainConfig.objective must be 'mle' or 'distill', got {self.objective!r}")
         if self.objective == "distill" and self.rule != "reweighter":
@@ -292,6 +301,8 @@ def train(
     if rcfg.max_positions < config.max_length:
         rcfg.max_positions = config.max_length
     tokenizer = blackbox.tokenizer
+    if config.copy_augment:
+        train_examples = augment_copied_names(train_examples, config.copy_augment, config.seed)
     train_enc = encode_all(tokenizer, template, train_examples, min(config.max_length, blackbox.max_context))
     eval_enc = encode_all(tokenizer, template, eval_examples, min(config.max_length, blackbox.max_context))
 

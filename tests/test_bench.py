@@ -178,6 +178,38 @@ def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path):
     run_bench(parse_config(raw), progress=False)
     rec = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin-icl1" / "seed0.json").read_text())
     sidecar = json.loads((Path(rec["info"]["artifact"]) / "logitplug.json").read_text())
-    assert sidecar["template"]["name"] == "commongen+icl1" and sidecar["template"]["text"].count("Concepts:") == 2
+    assert sidecar["template"]["name"] == "commongen+1shot" and len(sidecar["template"]["demos"]) == 1
     with pytest.raises(ValueError, match="'icl' applies to trained"):
         make_method({"name": "z", "method": "zero-shot", "icl": 2})
+
+
+def test_plugin_methods_start_from_a_recipe_and_its_settings_key_follows_it(tiny_dir, tmp_path):
+    from logitplug.bench.runner import settings_key
+    from logitplug.recipes import RECIPES
+
+    default = make_method("plugin")
+    assert default.recipe.name == "logitplug" and default.icl == RECIPES["logitplug"].demonstrations
+    assert default.train_overrides["copy_augment"] == RECIPES["logitplug"].train["copy_augment"]
+    paper = make_method({"name": "plugin-paper", "method": "plugin", "recipe": "paper"})
+    assert paper.icl == 0 and "copy_augment" not in paper.train_overrides and paper.recipe_settings() is None
+    own = make_method({"name": "p", "method": "plugin", "icl": 0, "train": {"copy_augment": 0.1}})
+    assert own.icl == 0 and own.train_overrides["copy_augment"] == 0.1  # the variant's own settings win
+    assert make_method("small").icl == 0 and make_method("mixture-0.5").train_overrides == {}  # baselines: the paper's
+    with pytest.raises(ValueError, match="'recipe' applies to plugin"):
+        make_method({"name": "s", "method": "small", "recipe": "paper"})
+    with pytest.raises(ValueError, match="unknown recipe"):
+        make_method({"name": "p", "method": "plugin", "recipe": "magic"})
+    a = parse_config(_raw(tiny_dir, tmp_path / "a", methods=["plugin"]))
+    b = parse_config(_raw(tiny_dir, tmp_path / "b", methods=["plugin"], recipe="paper"))
+    assert settings_key(a, a.methods[0]) != settings_key(b, b.methods[0])
+    with pytest.raises(BenchConfigError, match="unknown recipe"):
+        parse_config(_raw(tiny_dir, tmp_path / "c", methods=["plugin"], recipe="magic"))
+
+
+def test_model_keys_ignore_settings_left_at_their_defaults():
+    from logitplug.bench.methods import _changed
+    from logitplug.train import TrainConfig
+
+    assert _changed(TrainConfig(output_dir="x")) == {"output_dir": "x"}  # a new field with a neutral default keeps keys
+    assert _changed(TrainConfig(output_dir="x", copy_augment=0.5)) == {"output_dir": "x", "copy_augment": 0.5}
+    assert _changed(ReweighterConfig()) == {}

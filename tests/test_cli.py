@@ -42,6 +42,31 @@ def test_train_then_generate_round_trip(tmp_path, bb_dir, data):
     assert len(lines) == 10 and {"input", "output", "finish_reason"} <= set(lines[0])
 
 
+def test_recipes_set_defaults_and_explicit_options_win(tmp_path, bb_dir, data):
+    args = ["train", "--train-file", str(data), "--blackbox", str(bb_dir), "--input-column", "mr",
+            "--target-column", "ref", "--epochs", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
+            "--cache-dir", str(tmp_path / "cache")]
+
+    def trained(name, *extra):
+        res = runner.invoke(app, args + ["--output-dir", str(tmp_path / name), *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads((tmp_path / name / "logitplug.json").read_text())
+
+    default = trained("default")  # the logitplug recipe: one demonstration, copy augmentation
+    assert len(default["template"]["demos"]) == 1 and default["train_config"]["copy_augment"] == 0.5
+    assert default["template"]["demos"][0][1].endswith("is a pub.")
+    paper = trained("paper", "--recipe", "paper")
+    assert paper["template"]["demos"] == [] and paper["train_config"]["copy_augment"] == 0.0
+    mixed = trained("mixed", "--recipe", "paper", "--demonstrations", "2", "--copy-augment", "0.25")
+    assert len(mixed["template"]["demos"]) == 2 and mixed["train_config"]["copy_augment"] == 0.25
+    explicit_zero = trained("zero", "--demonstrations", "0")  # an explicit default still overrides the recipe
+    assert explicit_zero["template"]["demos"] == []
+    res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "p2"), "--demonstrations", "99"])
+    assert res.exit_code == 2 and "only" in res.output and "have targets" in res.output
+    res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "p3"), "--recipe", "magic"])
+    assert res.exit_code == 2 and "unknown recipe 'magic'" in res.output
+
+
 def test_clear_errors(tmp_path, bb_dir, data):
     res = runner.invoke(app, ["train", "--train-file", str(data), "--output-dir", str(tmp_path / "o"),
                               "--blackbox", str(bb_dir)])

@@ -95,3 +95,27 @@ def test_demonstrations_come_before_the_prompt_in_raw_and_chat_templates():
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
     chat = TEMPLATES["commongen-chat"].render_with_demos("cat, mat", [demo], tok)
     assert chat.count("<user>") == 2 and "<assistant>The dog plays with a ball.<user>" in chat and chat.endswith("<assistant>")
+
+
+def test_fixed_demonstrations_travel_with_the_template_and_survive_json():
+    import json
+    from dataclasses import asdict
+
+    from logitplug.data import TEMPLATES, PromptTemplate
+
+    demo = Example("dog, ball", "The dog plays with a ball.")
+    fixed = TEMPLATES["commongen"].with_demonstrations([demo])
+    assert fixed.name == "commongen+1shot" and fixed.render("cat, mat") == TEMPLATES["commongen"].render_with_demos("cat, mat", [demo])
+    back = PromptTemplate(**json.loads(json.dumps(asdict(fixed))))  # as a plugin's sidecar stores it
+    assert back == fixed and back.render("cat, mat") == fixed.render("cat, mat")
+    with pytest.raises(ValueError, match="need targets"):
+        TEMPLATES["commongen"].with_demonstrations([Example("a", None)])
+
+
+def test_encode_all_reports_truncation_once_with_a_count(caplog):
+    tok = tiny_tokenizer()
+    rows = [Example("Aromi " * 200, "Aromi.")] * 5 + [Example("name[Aromi]", "Aromi.")]
+    enc = encode_all(tok, TEMPLATE, rows, 40)
+    assert all(len(e.input_ids) <= 40 for e in enc)
+    lines = [r for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(lines) == 1 and "5 of 6 prompts" in lines[0].getMessage()

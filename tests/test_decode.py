@@ -168,3 +168,11 @@ def test_topk_support_decoding_computes_only_k_head_rows_and_matches_the_dense_r
         seen[torch.arange(3), nxt] = True
         sparse.advance(nxt)
         dense.advance(nxt)
+
+
+def test_a_leading_blank_line_is_not_a_stop():
+    bb, rw, _ = _setup()
+    dec = Decoder(bb, rw, config=GenerationConfig(stop_strings=("\n\n",)))
+    ids = bb.tokenizer("\n\nThe pub.\n\nNext", add_special_tokens=False)["input_ids"]
+    assert dec._stop_hit(ids).strip() == "The pub."
+    assert dec._stop_hit(bb.tokenizer("\n\nThe pub.", add_special_tokens=False)["input_ids"]) is None

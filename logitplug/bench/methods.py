@@ -12,18 +12,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import random
 import re
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from ..blackbox import LocalBlackBox
 from ..combine import BlackBoxOnly, ProductRule
-from ..data import Example, PromptTemplate
+from ..data import Example, PromptTemplate, draw_demonstrations
 from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
+from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import LogitDifference, Reweighter, ReweighterConfig
 from ..selection import text_metric_selector
 from ..train import TrainConfig, train, trained_rule
@@ -63,17 +63,27 @@ class Method(ABC):
 
     def __init__(self, name: str, train: dict[str, Any] | None = None, reweighter: dict[str, Any] | None = None,
                  lora: dict[str, Any] | None = None, generation: dict[str, Any] | None = None, chat: bool = False,
-                 icl: int = 0):
+                 icl: int | None = None, recipe: Recipe | None = None):
         self.name = name
         self.chat = bool(chat)  # use the task template's chat twin (instruct black boxes)
-        self.icl = int(icl)  # trained methods: this many fixed demonstrations in every prompt, in training too
-        self.train_overrides = dict(train or {})
-        self.reweighter_overrides = dict(reweighter or {})
+        self.recipe = recipe  # plugin methods: the recipe under the variant's own settings
+        base = recipe or get_recipe("paper")
+        # trained methods: this many fixed demonstrations in every prompt, in training too
+        self.icl = int(base.demonstrations if icl is None else icl)
+        self.train_overrides = {**base.train, **(train or {})}
+        self.reweighter_overrides = {**base.reweighter, **(reweighter or {})}
         self.lora_overrides = dict(lora or {})
         self.generation_overrides = dict(generation or {})
 
     @abstractmethod
     def run(self, ctx: CellContext) -> MethodOutput: ...
+
+    def recipe_settings(self) -> dict[str, Any] | None:
+        """What a non-paper recipe adds to the method's settings (None for the paper's), so a
+        finished cell goes stale when the recipe behind its name changes."""
+        if self.recipe is None or self.recipe.name == "paper":
+            return None
+        return {"recipe": self.recipe.name, **self.recipe.settings()}
 
     def _decode(self, ctx: CellContext, prompts: list[list[int]], blackbox=None, reweighter=None, rule=None) -> list[str]:
         config = replace(ctx.generation, **self.generation_overrides)
@@ -116,27 +126,32 @@ class InContext(Method):
         self.shots = shots
 
     def run(self, ctx: CellContext) -> MethodOutput:
-        pool = [ex for ex in ctx.train if ex.target]
-        demos = random.Random(ctx.seed).sample(pool, min(self.shots, len(pool)))
+        demos, _ = draw_demonstrations(ctx.train, self.shots, ctx.seed)
         prompts = test_prompts(ctx, demos)
         return MethodOutput(self._decode(ctx, prompts), {"demonstrations": [asdict(d) for d in demos]})
 
 
 def with_demonstrations(ctx: CellContext, k: int) -> CellContext:
-    """The cell with k training examples (drawn by the seed) fixed at the head of every prompt, for
-    training and decoding alike: a plugin on top of in-context learning."""
-    if ctx.template.chat:
-        raise ValueError("fixed demonstrations are built into raw templates; use a template without chat")
-    pool = [ex for ex in ctx.train if ex.target]
-    demos = random.Random(ctx.seed).sample(pool, min(k, len(pool)))
-    marker = "\x00input\x00"  # the same layout as icl-K prompts, with the input left open
-    text = ctx.template.render_with_demos(marker, demos).replace("{input}", "{ input}").replace(marker, "{input}")
-    template = replace(ctx.template, name=f"{ctx.template.name}+icl{k}", text=text)
-    return replace(ctx, template=template, train=[ex for ex in ctx.train if ex not in demos])
+    """The cell with k training examples (drawn by the seed, as icl-K draws them) fixed at the head
+    of every prompt, for training and decoding alike: a plugin on top of in-context learning."""
+    demos, rest = draw_demonstrations(ctx.train, k, ctx.seed)
+    return replace(ctx, template=ctx.template.with_demonstrations(demos), train=rest)
 
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _changed(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields that differ from their defaults: keys built from these stay the same
+    when a later version adds a field (with a neutral default), so trained models are reused."""
+    out = {}
+    for f in fields(obj):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default  # type: ignore[misc]
+        value = getattr(obj, f.name)
+        if f.default is MISSING and f.default_factory is MISSING or value != default:
+            out[f.name] = value
+    return out
 
 
 def _data_key(ctx: CellContext) -> str:
@@ -154,7 +169,9 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         settings = {**ctx.train_overrides, **point, **train_overrides, "seed": ctx.seed}
         rcfg = ReweighterConfig(**{**ctx.reweighter_overrides, **reweighter_overrides})
         probe = TrainConfig(output_dir="-", **settings)
-        key = _key(ctx.blackbox.fingerprint, ctx.template, _data_key(ctx), probe.to_dict(), rcfg.to_dict())
+        key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx),
+                   {k: v for k, v in _changed(probe).items() if k not in ("output_dir", "cache_dir", "progress")},
+                   _changed(rcfg))
         folder = ctx.models_dir / f"reweighter-{key}"
         if not (folder / "logitplug.json").exists() or (folder / "checkpoint").exists():
             # the config's train.cache_dir lets runs share recorded log-probs; by default each run keeps its own
@@ -224,7 +241,7 @@ class LoraFineTune(Method):
         settings = {**ctx.lora_overrides, **self.lora_overrides, "seed": ctx.seed}
         cfg = LoraTrainConfig(**settings, progress=ctx.progress)
         probe = {k: v for k, v in asdict(cfg).items() if k != "progress"}
-        folder = ctx.models_dir / f"lora-{_key(ctx.blackbox.fingerprint, ctx.template, _data_key(ctx), probe)}"
+        folder = ctx.models_dir / f"lora-{_key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), probe)}"
         tuned = finetune_lora(ctx.blackbox, ctx.train, ctx.validation, ctx.template, folder, cfg)
         info = json.loads((folder / DONE_NAME).read_text())
         outputs = self._decode(ctx, test_prompts(ctx), blackbox=tuned)
@@ -249,15 +266,16 @@ _PATTERNS: list[tuple[re.Pattern[str], Callable[..., Method], str]] = [
 METHOD_HELP = {p.pattern: h for p, _, h in _PATTERNS}
 
 
-def make_method(spec: str | dict[str, Any]) -> Method:
+def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE) -> Method:
     """A method from its name (``icl-3``, ``mixture-0.25``) or a dict ``{name, method, train,
-    reweighter, lora, generation, chat}`` naming a variant of a base method with its own settings
-    (``chat: true``: prompts through the task template's chat twin)."""
+    reweighter, lora, generation, chat, icl, recipe}`` naming a variant of a base method with its
+    own settings (``chat: true``: prompts through the task template's chat twin). Plugin methods
+    start from ``recipe`` (default: ``default_recipe``); the paper's baselines from the paper's."""
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"a method is a name or a mapping with 'name'; got {spec!r}")
-    unknown = set(spec) - {"name", "method", "train", "reweighter", "lora", "generation", "chat", "icl"}
+    unknown = set(spec) - {"name", "method", "train", "reweighter", "lora", "generation", "chat", "icl", "recipe"}
     if unknown:
         raise ValueError(f"method {spec['name']!r}: unknown keys {sorted(unknown)}")
     base = str(spec.get("method", spec["name"]))
@@ -266,11 +284,16 @@ def make_method(spec: str | dict[str, Any]) -> Method:
         if m:
             kw: dict[str, Any] = {k: spec.get(k) for k in ("train", "reweighter", "lora", "generation")}
             kw["chat"] = bool(spec.get("chat", False))
-            if spec.get("icl"):
-                if not isinstance(factory(str(spec["name"]), m), TrainedCombination):
+            probe = factory(str(spec["name"]), m)
+            if spec.get("icl") is not None:
+                if not isinstance(probe, TrainedCombination):
                     raise ValueError(f"method {spec['name']!r}: 'icl' applies to trained combinations (plugin, small, "
                                      "mixture); for prompting alone use icl-K")
                 kw["icl"] = int(spec["icl"])
+            if spec.get("recipe") is not None and not (isinstance(probe, TrainedCombination) and probe.rule == "product"):
+                raise ValueError(f"method {spec['name']!r}: 'recipe' applies to plugin methods (the product rule)")
+            if isinstance(probe, TrainedCombination) and probe.rule == "product":
+                kw["recipe"] = get_recipe(str(spec.get("recipe") or default_recipe))
             _check_keys(spec["name"], "generation", kw["generation"], GenerationConfig)
             _check_keys(spec["name"], "train", kw["train"], TrainConfig)
             _check_keys(spec["name"], "reweighter", kw["reweighter"], ReweighterConfig)

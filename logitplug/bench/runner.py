@@ -26,11 +26,12 @@ from ..eval import METRICS, evaluate, parse_mr, require_java, slot_error_rate
 from ..finetune import LoraTrainConfig
 from ..reweighter import ReweighterConfig
 from ..train import TrainConfig
+from ..recipes import DEFAULT_RECIPE
 from .methods import CellContext, Method, make_method
 from .report import write_report
 
 CONFIG_KEYS = {"name", "output_dir", "tasks", "blackboxes", "methods", "seeds", "data", "generation", "train",
-               "reweighter", "lora", "grid", "templates", "metrics"}
+               "reweighter", "lora", "grid", "templates", "metrics", "recipe"}
 DATA_KEYS = {"data_dir", "train_rows", "validation_rows", "test_inputs", "split_seed"}
 
 
@@ -99,7 +100,7 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
     methods = []
     for spec in raw["methods"]:
         try:
-            methods.append(make_method(spec))
+            methods.append(make_method(spec, default_recipe=str(raw.get("recipe") or DEFAULT_RECIPE)))
         except ValueError as e:
             raise BenchConfigError(f"{where}: {e}") from None
     names = [m.name for m in methods]
@@ -191,8 +192,9 @@ def settings_key(cfg: BenchConfig, method: Method) -> str:
 
     spec = next((m for m in cfg.source.get("methods", []) if (m if isinstance(m, str) else m.get("name")) == method.name),
                 method.name)
-    return _key(spec, cfg.data, cfg.generation, cfg.train, cfg.reweighter, cfg.lora, cfg.grid, cfg.templates,
-                cfg.metrics)
+    parts = [spec, cfg.data, cfg.generation, cfg.train, cfg.reweighter, cfg.lora, cfg.grid, cfg.templates, cfg.metrics]
+    recipe = method.recipe_settings()
+    return _key(*parts, recipe) if recipe is not None else _key(*parts)
 
 
 def _is_done(path: Path, key: str) -> bool:

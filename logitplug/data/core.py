@@ -12,7 +12,7 @@ import logging
 import os
 import random
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -39,42 +39,47 @@ class Example:
 @dataclass(frozen=True)
 class PromptTemplate:
     """How an input becomes a prompt. ``{input}`` marks the input; ``chat`` wraps it in the
-    tokenizer's chat template (instruct models). ``target_prefix`` joins prompt and target."""
+    tokenizer's chat template (instruct models). ``target_prefix`` joins prompt and target.
+    ``demos`` are solved (input, target) pairs placed before every prompt: fixed in-context
+    demonstrations that travel with the template (and so with a trained plugin)."""
 
     name: str
     text: str
     chat: bool = False
     target_prefix: str = " "
+    demos: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if "{input}" not in self.text:
             raise ValueError(f"prompt template {self.name!r} must contain '{{input}}', got {self.text!r}")
+        # lists (from JSON) -> tuples, so templates stay hashable and compare equal after a round trip
+        object.__setattr__(self, "demos", tuple((str(i), str(t)) for i, t in self.demos))
 
     def render(self, input_text: str, tokenizer: Any = None) -> str:
-        prompt = self.text.replace("{input}", input_text)
-        if self.chat:
-            if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-                raise ValueError(f"template {self.name!r} uses a chat template but the tokenizer has none")
-            return tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-        return prompt
+        return self.render_with_demos(input_text, (), tokenizer)
 
     def render_with_demos(self, input_text: str, demos: Sequence["Example"], tokenizer: Any = None) -> str:
-        """In-context learning: solved examples first (as earlier chat turns for chat templates)."""
-        if not demos:
-            return self.render(input_text, tokenizer)
+        """In-context learning: solved examples first (the template's own, then ``demos``), as
+        earlier chat turns for chat templates."""
+        shots = [(i, t) for i, t in self.demos] + [(d.input, d.target or "") for d in demos]
         if self.chat:
             if tokenizer is None or not getattr(tokenizer, "chat_template", None):
                 raise ValueError(f"template {self.name!r} uses a chat template but the tokenizer has none")
             messages = []
-            for d in demos:
-                messages += [{"role": "user", "content": self.text.replace("{input}", d.input)},
-                             {"role": "assistant", "content": d.target or ""}]
+            for i, t in shots:
+                messages += [{"role": "user", "content": self.text.replace("{input}", i)},
+                             {"role": "assistant", "content": t}]
             messages.append({"role": "user", "content": self.text.replace("{input}", input_text)})
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        shots = "".join(f"{self.render(d.input)}{self.target_prefix}{d.target}\n\n" for d in demos)
-        return shots + self.render(input_text)
+        head = "".join(f"{self.text.replace('{input}', i)}{self.target_prefix}{t}\n\n" for i, t in shots)
+        return head + self.text.replace("{input}", input_text)
+
+    def with_demonstrations(self, demos: Sequence["Example"]) -> "PromptTemplate":
+        """This template with ``demos`` fixed at the head of every prompt (training and decoding)."""
+        if any(not d.target for d in demos):
+            raise ValueError("demonstrations need targets")
+        added = tuple((d.input, d.target or "") for d in demos)
+        return replace(self, name=f"{self.name}+{len(self.demos) + len(added)}shot", demos=self.demos + added)
 
     @property
     def prefix(self) -> str:
@@ -197,6 +202,15 @@ def find_data_dir(explicit: str | Path | None = None) -> Path:
     )
 
 
+def draw_demonstrations(examples: Sequence[Example], k: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """k solved examples drawn by ``seed`` (for in-context prompts) and the examples left for training."""
+    pool = [ex for ex in examples if ex.target]
+    if k > len(pool):
+        raise ValueError(f"asked for {k} demonstrations but only {len(pool)} examples have targets")
+    demos = random.Random(seed).sample(pool, k)
+    return demos, [ex for ex in examples if ex not in demos]
+
+
 # ---- tokenization -------------------------------------------------------------------------------
 
 
@@ -208,16 +222,20 @@ class EncodedExample:
     prompt_len: int
 
 
-def encode_prompt(tokenizer: Any, template: PromptTemplate, input_text: str, max_length: int | None = None) -> list[int]:
-    """Prompt token ids; longer than ``max_length`` -> truncated from the left with a warning."""
+def encode_prompt(tokenizer: Any, template: PromptTemplate, input_text: str, max_length: int | None = None,
+                  warn: bool = True) -> list[int]:
+    """Prompt token ids; longer than ``max_length`` -> truncated from the left (with a warning unless
+    the caller reports truncation itself)."""
     ids = tokenizer(template.render(input_text, tokenizer), add_special_tokens=True)["input_ids"]
     if max_length is not None and len(ids) > max_length:
-        logger.warning("prompt of %d tokens truncated from the left to %d (context limit)", len(ids), max_length)
+        if warn:
+            logger.warning("prompt of %d tokens truncated from the left to %d (context limit)", len(ids), max_length)
         ids = ids[-max_length:]
     return list(ids)
 
 
-def encode_example(tokenizer: Any, template: PromptTemplate, example: Example, max_length: int) -> EncodedExample:
+def encode_example(tokenizer: Any, template: PromptTemplate, example: Example, max_length: int,
+                   warn: bool = True) -> EncodedExample:
     """Prompt and target tokenized separately (exactly as generation will see them), EOS appended."""
     if example.target is None:
         raise DataError(f"example has no target: {example.input[:80]!r}")
@@ -229,7 +247,7 @@ def encode_example(tokenizer: Any, template: PromptTemplate, example: Example, m
         raise DataError(
             f"target of {len(target)} tokens does not fit the context of {max_length} tokens: {example.target[:80]!r}"
         )
-    prompt = encode_prompt(tokenizer, template, example.input, max_length - len(target))
+    prompt = encode_prompt(tokenizer, template, example.input, max_length - len(target), warn=warn)
     return EncodedExample(tuple(prompt + target), len(prompt))
 
 
@@ -237,11 +255,20 @@ def encode_all(tokenizer: Any, template: PromptTemplate, examples: Sequence[Exam
     if not examples:
         raise DataError("no training examples given")
     out = []
+    cut = 0
     for i, ex in enumerate(examples):
         try:
-            out.append(encode_example(tokenizer, template, ex, max_length))
+            enc = encode_example(tokenizer, template, ex, max_length, warn=False)
         except DataError as e:
             raise DataError(f"row {i}: {e}") from None
+        # a prompt was cut when re-encoding it without a limit gives more tokens
+        if enc.prompt_len < len(encode_prompt(tokenizer, template, ex.input)):
+            cut += 1
+        out.append(enc)
+    if cut:
+        # one line, not one per row: a long template (e.g. with demonstrations) cuts most rows at once
+        logger.warning("%d of %d prompts truncated from the left to fit max_length=%d tokens (prompt + target); "
+                       "raise max_length (train --max-length) if the cut part matters", cut, len(examples), max_length)
     return out
 
 

@@ -1,0 +1,48 @@
+"""Named plugin recipes: everything besides data that decides what a trained plugin is.
+
+``paper`` is the configuration of arXiv 2502.06806 (kept for comparison); ``logitplug`` is the
+default, the recipe that won the experiments in benchmarks/ (see BENCHMARKS.md, "Making the
+plugin win"). The CLI's ``train --recipe`` and the bench's ``recipe:`` key read them; explicit
+settings override a recipe's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    demonstrations: int = 0  # solved training rows fixed at the head of every prompt
+    train: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields
+    reweighter: Mapping[str, Any] = field(default_factory=dict)  # ReweighterConfig fields
+
+    def settings(self) -> dict[str, Any]:
+        """What the recipe changes, for cache keys and reports."""
+        return {"demonstrations": self.demonstrations, "train": dict(self.train), "reweighter": dict(self.reweighter)}
+
+
+RECIPES: dict[str, Recipe] = {
+    "paper": Recipe(
+        "paper",
+        "the paper's plugin: the task prompt alone, a 1-layer reweighter over the whole vocabulary, "
+        "trained through the product rule, epoch chosen by held-out loss",
+    ),
+    "logitplug": Recipe(
+        "logitplug",
+        "the paper's plugin on top of one fixed demonstration drawn from the training rows, trained with half "
+        "of the rows' copied names replaced by pseudo-names (so the plugin leaves copying to the black box)",
+        demonstrations=1,
+        train={"copy_augment": 0.5, "max_length": 512},  # room for the demonstration in long-output tasks
+    ),
+}
+DEFAULT_RECIPE = "logitplug"
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[name]

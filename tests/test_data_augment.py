@@ -1,0 +1,32 @@
+import pytest
+
+from logitplug.data import Example
+from logitplug.data.augment import augment_copied_names, copied_names, substitute_names
+
+
+def test_copied_names_are_capitalized_runs_the_target_repeats():
+    ex = Example("name[Blue Spice], food[Chinese], near[Burger King]", "Blue Spice serves Chinese food.")
+    assert copied_names(ex) == ["Blue Spice", "Chinese"]  # longest first; Burger King is not in the target
+    assert copied_names(Example("dog, frisbee, catch", "The dog catches a frisbee.")) == []  # lower-case concepts
+
+
+def test_substitution_is_consistent_in_input_and_target_and_keeps_the_rest():
+    import random
+
+    ex = Example("name[Blue Spice], near[The Mill]", "Blue Spice is near The Mill. Blue Spice is cheap.")
+    out = substitute_names(ex, random.Random(0))
+    assert "Blue Spice" not in out.input + out.target and "The Mill" not in out.input + out.target
+    new_name = out.input.split("[")[1].split("]")[0]
+    assert out.target.count(new_name) == 2 and out.target.endswith("is cheap.")
+    assert out.input.startswith("name[") and ", near[" in out.input
+
+
+def test_fraction_and_seed_control_which_rows_change():
+    rows = [Example(f"name[Venue{i}]", f"Venue{i} is a pub.") for i in range(200)]
+    assert augment_copied_names(rows, 0.0, 0) == rows
+    half = augment_copied_names(rows, 0.5, 0)
+    changed = sum(a != b for a, b in zip(rows, half))
+    assert 60 < changed < 140
+    assert half == augment_copied_names(rows, 0.5, 0) and half != augment_copied_names(rows, 0.5, 1)
+    with pytest.raises(ValueError, match="fraction"):
+        augment_copied_names(rows, 1.5, 0)
