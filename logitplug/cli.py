@@ -85,8 +85,6 @@ _CLI_NAME = {"num_layers": "layers", "hidden_size": "hidden", "num_heads": "head
 def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
     """``values`` (the command's options) with the recipe's settings wherever the user left an
     option at its default: explicit options always win."""
-    from click.core import ParameterSource
-
     from .recipes import get_recipe
 
     try:
@@ -99,7 +97,8 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
     for option, value in wanted.items():
         if option not in out:
             raise KeyError(f"recipe {name!r} sets {option!r}, which `train` has no option for")
-        if ctx.get_parameter_source(option) in (None, ParameterSource.DEFAULT):
+        source = ctx.get_parameter_source(option)  # typer vendors click: compare the enum by name
+        if source is None or source.name == "DEFAULT":
             out[option] = value
     return out
 
