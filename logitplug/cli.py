@@ -331,13 +331,15 @@ def quickstart(
     test_inputs: int = typer.Option(200, help="distinct test inputs to generate for and score"),
     epochs: int = typer.Option(6, help="maximum epochs"),
     seed: int = typer.Option(0, help="seed for splits, initialization and data order"),
+    recipe: str = typer.Option(DEFAULT_RECIPE, help=f"plugin recipe ({', '.join(RECIPES)}; see `train --help`)"),
 ) -> None:
-    """The main job: adapt a black box to E2E NLG (cleaned) and compare with zero-shot."""
+    """The main job: adapt a black box to E2E NLG (cleaned) and compare with zero-shot (and with the
+    recipe's prompt alone when it adds demonstrations)."""
     from .quickstart import run_quickstart
 
     try:
-        run_quickstart(data_dir, output_dir, blackbox, train_rows, eval_rows, test_inputs, epochs, seed)
-    except FileNotFoundError as e:
+        run_quickstart(data_dir, output_dir, blackbox, train_rows, eval_rows, test_inputs, epochs, seed, recipe)
+    except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
 
 

@@ -63,7 +63,8 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path, capsys):
     report = run_quickstart(None, tmp_path, "smollm2-135m", train_rows=24, eval_rows=8, test_inputs=4, epochs=1)
     printed = capsys.readouterr().out
     assert "zero-shot" in printed and "plugin" in printed and "BLEU" in printed
-    assert set(report["scores"]) == {"zero-shot", "plugin"}
+    assert set(report["scores"]) == {"zero-shot", "1-shot", "plugin"}  # the default recipe adds a demonstration
+    assert report["recipe"]["name"] == "logitplug" and report["train_rows"] == 23
     assert len(report["generations"]) == 4
     assert (tmp_path / "results.json").exists()
 
