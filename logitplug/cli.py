@@ -394,6 +394,7 @@ def bench(
     report_only: bool = typer.Option(False, "--report-only", help="only rebuild the table and plots from finished cells"),
     seeds: Optional[str] = typer.Option(None, help="run only these seeds now, e.g. '0' or '0,1' (a first pass)"),
     methods: Optional[str] = typer.Option(None, help="run only these methods now, comma-separated names from the config"),
+    tasks: Optional[str] = typer.Option(None, help="run only these tasks now, comma-separated names from the config"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
     """Run a grid of tasks x black boxes x methods x seeds; rerun to resume (finished cells are skipped).
@@ -420,6 +421,12 @@ def bench(
             if unknown:
                 _fail(f"--methods: {unknown} are not in {config}; it has {[m.name for m in cfg.methods]}")
             cfg.methods = [m for m in cfg.methods if m.name in wanted]
+        if tasks is not None:
+            wanted = [t.strip() for t in tasks.split(",") if t.strip()]
+            unknown = sorted(set(wanted) - set(cfg.tasks))
+            if unknown:
+                _fail(f"--tasks: {unknown} are not in {config}; it has {cfg.tasks}")
+            cfg.tasks = [t for t in cfg.tasks if t in wanted]
         table = run_bench(cfg, progress=progress, only_report=report_only)
     except (BenchConfigError, FileNotFoundError, RuntimeError) as e:
         if isinstance(e, TrainingInterrupted):

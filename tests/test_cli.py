@@ -133,6 +133,9 @@ def test_bench_reports_config_errors_before_work(tmp_path):
     cfg.write_text("tasks: [e2e\n")
     res = runner.invoke(app, ["bench", str(cfg)])
     assert res.exit_code == 2 and "not valid YAML" in res.output
+    cfg.write_text(f"output_dir: {tmp_path / 'out'}\ntasks: [e2e]\nblackboxes: [smollm2-135m]\nmethods: [zero-shot]\n")
+    res = runner.invoke(app, ["bench", str(cfg), "--tasks", "webnlg"])
+    assert res.exit_code == 2 and "--tasks: ['webnlg'] are not in" in res.output
 
 
 def test_endpoint_black_box_errors_are_clear(tmp_path, bb_dir, data):
