@@ -94,6 +94,8 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
     wanted = {"demonstrations": recipe.demonstrations, **recipe.train,
               **{_CLI_NAME.get(k, k): v for k, v in recipe.reweighter.items()}}
     out = dict(values)
+    if values.get("rule", "product") != "product":
+        wanted.pop("support_k", None)  # a product-rule setting: other rules keep the user's value
     for option, value in wanted.items():
         if option not in out:
             raise KeyError(f"recipe {name!r} sets {option!r}, which `train` has no option for")

@@ -33,10 +33,12 @@ RECIPES: dict[str, Recipe] = {
     ),
     "logitplug": Recipe(
         "logitplug",
-        "the paper's plugin on top of one fixed demonstration drawn from the training rows, trained with half "
-        "of the rows' copied names replaced by pseudo-names (so the plugin leaves copying to the black box)",
+        "the paper's plugin on top of one fixed demonstration drawn from the training rows, reweighting only "
+        "the black box's top-20 tokens (plus a rest bucket), trained with half of the rows' copied names "
+        "replaced by pseudo-names (so the plugin leaves copying to the black box)",
         demonstrations=1,
-        train={"copy_augment": 0.5, "max_length": 512},  # room for the demonstration in long-output tasks
+        # max_length: room for the demonstration in long-output tasks
+        train={"copy_augment": 0.5, "support_k": 20, "max_length": 512},
     ),
 }
 DEFAULT_RECIPE = "logitplug"

@@ -289,9 +289,10 @@ def train(
     if not eval_examples:
         raise ValueError("early stopping needs held-out examples; got none")
 
-    if not blackbox.full_vocab and config.rule == "product" and not config.support_k:
+    available = int(getattr(blackbox, "top_k", 20))
+    if not blackbox.full_vocab and config.rule == "product" and not 0 < config.support_k <= available:
         # the black box's answers hold only its top-k: reweight that support (plus the rest bucket)
-        config = replace(config, support_k=int(getattr(blackbox, "top_k", 20)))
+        config = replace(config, support_k=available)
         logger.info("black box %s returns top-%d log-probs: training the product rule over that support",
                     blackbox.identity, config.support_k)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

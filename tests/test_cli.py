@@ -54,9 +54,11 @@ def test_recipes_set_defaults_and_explicit_options_win(tmp_path, bb_dir, data):
 
     default = trained("default")  # the logitplug recipe: one demonstration, copy augmentation
     assert len(default["template"]["demos"]) == 1 and default["train_config"]["copy_augment"] == 0.5
-    assert default["template"]["demos"][0][1].endswith("is a pub.")
+    assert default["template"]["demos"][0][1].endswith("is a pub.") and default["train_config"]["support_k"] == 20
+    assert trained("mixture", "--rule", "mixture")["train_config"]["support_k"] == 0  # top-k support: product only
     paper = trained("paper", "--recipe", "paper")
     assert paper["template"]["demos"] == [] and paper["train_config"]["copy_augment"] == 0.0
+    assert paper["train_config"]["support_k"] == 0
     mixed = trained("mixed", "--recipe", "paper", "--demonstrations", "2", "--copy-augment", "0.25")
     assert len(mixed["template"]["demos"]) == 2 and mixed["train_config"]["copy_augment"] == 0.25
     explicit_zero = trained("zero", "--demonstrations", "0")  # an explicit default still overrides the recipe

@@ -136,6 +136,15 @@ def test_support_k_trains_through_the_topk_rule_and_the_plugin_remembers_it(tmp_
         _config(tmp_path, support_k=8, rule="mixture")
 
 
+def test_a_support_wider_than_a_topk_black_box_returns_is_cut_to_it(tmp_path):
+    from logitplug.blackbox import TopKBlackBox
+    from logitplug.train import trained_rule
+
+    top5 = TopKBlackBox(tiny_blackbox(), k=5)
+    result = train(top5, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path, epochs=1, support_k=20), SMALL)
+    assert trained_rule(result.plugin_dir).k == 5
+
+
 def test_selection_by_a_text_metric_keeps_the_epoch_with_the_best_score(tmp_path):
     import json
 
