@@ -226,6 +226,10 @@ def train(
         f"plugin saved to {result.plugin_dir}: held-out loss {result.best_loss:.4f} per token "
         f"(black box alone {result.blackbox_loss:.4f})"
     )
+    if result.best_loss >= result.blackbox_loss:
+        typer.secho("warning: the plugin does not beat the black box alone on held-out data, so it will likely make "
+                    "outputs worse; try --zero-init-head, a lower --lr, or more training rows", fg=typer.colors.YELLOW,
+                    err=True)
 
 
 @app.command()

@@ -148,3 +148,16 @@ def test_endpoint_black_box_errors_are_clear(tmp_path, bb_dir, data):
                               str(tmp_path / "o.jsonl"), "--blackbox", "http://127.0.0.1:9/v1@top5",
                               "--endpoint-model", "x", "--tokenizer", str(bb_dir)], env={"LOGITPLUG_HOME": str(tmp_path)})
     assert res.exit_code == 2 and "cannot reach the black box" in res.output, res.output
+
+
+def test_train_warns_when_the_plugin_is_worse_than_the_black_box(tmp_path, bb_dir, data, monkeypatch):
+    import sys
+
+    from logitplug.train import TrainResult
+
+    train_module = sys.modules["logitplug.train"]  # the package re-exports the function under the same name
+
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: TrainResult(tmp_path / "p", 3.0, 2.5, []))
+    res = runner.invoke(app, ["train", "--train-file", str(data), "--output-dir", str(tmp_path / "p"),
+                              "--blackbox", str(bb_dir), "--input-column", "mr", "--target-column", "ref"])
+    assert res.exit_code == 0 and "does not beat the black box alone" in res.output
