@@ -359,8 +359,41 @@ def train(
         if accelerator.is_main_process:
             (ckpt / STATE_NAME).write_text(json.dumps({**asdict(state), "run_info": run_info}, indent=2, default=str))
 
+    def consider(epoch: int, train_loss: float | None, t0: float) -> float:
+        """Evaluate the current weights after ``epoch`` (0: before training) and keep them if best."""
+        eval_loss, bb_loss = _evaluate(model, accelerator, source, rule, eval_enc, config.batch_size, config.objective)
+        record = {"epoch": epoch, "step": state.global_step, "eval_loss": eval_loss,
+                  "blackbox_eval_loss": bb_loss, "train_loss": train_loss if train_loss is not None else math.nan,
+                  "epoch_seconds": time.perf_counter() - t0}
+        criterion, shown = eval_loss, ""
+        if config.select_by != "loss":
+            model.eval()
+            score = float(selector(accelerator.unwrap_model(model)))  # type: ignore[misc]
+            model.train()
+            record[f"validation_{config.select_by}"] = score
+            criterion, shown = -score, f", validation {config.select_by} {score:.2f}"
+        state.history.append(record)
+        accelerator.print(f"epoch {epoch}: held-out loss {eval_loss:.4f} (black box alone {bb_loss:.4f}){shown}")
+        if criterion < state.best_criterion - 1e-4:
+            state.best_criterion, state.best_loss = criterion, eval_loss
+            state.best_epoch, state.bad_epochs = epoch, 0
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(model).save_pretrained(
+                    out / BEST_DIR, blackbox.fingerprint,
+                    {**run_info, "best_epoch": state.best_epoch, "eval_loss": eval_loss,
+                     "selection": {"by": config.select_by, "value": -criterion if config.select_by != "loss" else eval_loss}},
+                )
+        elif epoch > 0:
+            state.bad_epochs += 1
+        return bb_loss
+
     zero_shot_loss = math.nan
     model.train()
+    if rcfg.zero_init_head and config.rule == "product" and state.global_step == 0 and not state.history:
+        # a zero-initialised plugin is exactly the black box: make it a candidate, so the plugin
+        # kept is never worse than the black box alone on the held-out criterion
+        zero_shot_loss = consider(0, None, time.perf_counter())
+        save_checkpoint()
     try:
         while not state.done and state.epoch < config.epochs:
             batches = _shard_order(
@@ -398,32 +431,7 @@ def train(
                 if config.max_steps and state.global_step >= config.max_steps:
                     break
             bar.close()
-            eval_loss, zero_shot_loss = _evaluate(model, accelerator, source, rule, eval_enc, config.batch_size, config.objective)
-            record = {"epoch": state.epoch + 1, "step": state.global_step, "eval_loss": eval_loss,
-                      "blackbox_eval_loss": zero_shot_loss, "train_loss": loss_avg if loss_avg is not None else math.nan,
-                      "epoch_seconds": time.perf_counter() - t0}
-            criterion, shown = eval_loss, ""
-            if config.select_by != "loss":
-                model.eval()
-                score = float(selector(accelerator.unwrap_model(model)))  # type: ignore[misc]
-                model.train()
-                record[f"validation_{config.select_by}"] = score
-                criterion, shown = -score, f", validation {config.select_by} {score:.2f}"
-            state.history.append(record)
-            accelerator.print(
-                f"epoch {state.epoch + 1}: held-out loss {eval_loss:.4f} (black box alone {zero_shot_loss:.4f}){shown}"
-            )
-            if criterion < state.best_criterion - 1e-4:
-                state.best_criterion, state.best_loss = criterion, eval_loss
-                state.best_epoch, state.bad_epochs = state.epoch + 1, 0
-                if accelerator.is_main_process:
-                    accelerator.unwrap_model(model).save_pretrained(
-                        out / BEST_DIR, blackbox.fingerprint,
-                        {**run_info, "best_epoch": state.best_epoch, "eval_loss": eval_loss,
-                         "selection": {"by": config.select_by, "value": -criterion if config.select_by != "loss" else eval_loss}},
-                    )
-            else:
-                state.bad_epochs += 1
+            zero_shot_loss = consider(state.epoch + 1, loss_avg, t0)
             state.epoch += 1
             state.step_in_epoch = 0
             if state.bad_epochs >= config.patience or (config.max_steps and state.global_step >= config.max_steps):

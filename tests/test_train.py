@@ -201,3 +201,17 @@ def test_the_copy_feature_trains_and_decodes_through_the_topk_rule(tmp_path):
     prompts = [encode_prompt(bb.tokenizer, TEMPLATE, e.input) for e in EXAMPLES[:2]]
     gens = Decoder(bb, rw, SupportProductRule(8), GenerationConfig(max_new_tokens=8)).generate_ids(prompts)
     assert all(g.token_ids for g in gens)
+
+
+def test_a_zero_initialised_plugin_is_kept_only_if_training_beats_the_black_box(tmp_path):
+    from dataclasses import replace
+
+    bb = tiny_blackbox()
+    zero = replace(SMALL, zero_init_head=True)
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path, epochs=2), zero)
+    first = result.history[0]
+    assert first["epoch"] == 0 and first["eval_loss"] == pytest.approx(first["blackbox_eval_loss"], abs=1e-5)
+    assert result.best_loss <= first["eval_loss"] + 1e-9 and len(result.history) == 3
+    # a learning rate far too high for this data: whatever it learns, the kept plugin is no worse than the black box
+    bad = train(bb, EXAMPLES, EXAMPLES[4:8], TEMPLATE, _config(tmp_path / "bad", epochs=2, lr=5.0), zero)
+    assert bad.best_loss <= bad.blackbox_loss + 1e-5
