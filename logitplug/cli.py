@@ -471,6 +471,17 @@ def serve(
             rw, rule = Reweighter.from_pretrained(plugin, bb.fingerprint), trained_rule(plugin)
         except (FileNotFoundError, TokenizerMismatchError, ValueError) as e:
             _fail(str(e))
+        from .data import PromptTemplate
+        from .reweighter import read_sidecar
+
+        trained_on = PromptTemplate(**read_sidecar(plugin)["template"])
+        if trained_on.demos:
+            # the server passes prompts through as sent: the plugin only helps on prompts shaped like its training
+            example = trained_on.render("INPUT")
+            typer.secho(f"note: this plugin was trained on prompts that start with {len(trained_on.demos)} fixed "
+                        f"demonstration(s); send prompts rendered the same way (the server adds nothing), e.g.:\n"
+                        f"{example!r}\nand stop at a blank line (stop: [\"\\n\\n\"])", fg=typer.colors.YELLOW,
+                        err=True)
     cfg = ServeConfig(model_name=model_name or (f"{blackbox}+plugin" if plugin else blackbox), api_key=api_key,
                       max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens, max_logprobs=max_logprobs,
                       repetition_penalty=repetition_penalty)

@@ -161,3 +161,18 @@ def test_train_warns_when_the_plugin_is_worse_than_the_black_box(tmp_path, bb_di
     res = runner.invoke(app, ["train", "--train-file", str(data), "--output-dir", str(tmp_path / "p"),
                               "--blackbox", str(bb_dir), "--input-column", "mr", "--target-column", "ref"])
     assert res.exit_code == 0 and "does not beat the black box alone" in res.output
+
+
+def test_serve_tells_how_to_prompt_a_plugin_trained_with_demonstrations(tmp_path, bb_dir, data, monkeypatch):
+    import uvicorn
+
+    out = tmp_path / "plugin"
+    res = runner.invoke(app, ["train", "--train-file", str(data), "--output-dir", str(out), "--blackbox", str(bb_dir),
+                              "--input-column", "mr", "--target-column", "ref", "--epochs", "1", "--hidden", "32",
+                              "--heads", "2", "--ffn", "64", "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app_, **kw: served.append(kw))
+    res = runner.invoke(app, ["serve", "--blackbox", str(bb_dir), "--plugin", str(out)])
+    assert res.exit_code == 0, res.output
+    assert served and "1 fixed demonstration(s)" in res.output and "is a pub." in res.output
