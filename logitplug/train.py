@@ -359,7 +359,7 @@ def train(
         if accelerator.is_main_process:
             (ckpt / STATE_NAME).write_text(json.dumps({**asdict(state), "run_info": run_info}, indent=2, default=str))
 
-    def consider(epoch: int, train_loss: float | None, t0: float) -> float:
+    def consider(epoch: int, train_loss: float | None, t0: float) -> None:
         """Evaluate the current weights after ``epoch`` (0: before training) and keep them if best."""
         eval_loss, bb_loss = _evaluate(model, accelerator, source, rule, eval_enc, config.batch_size, config.objective)
         record = {"epoch": epoch, "step": state.global_step, "eval_loss": eval_loss,
@@ -385,14 +385,12 @@ def train(
                 )
         elif epoch > 0:
             state.bad_epochs += 1
-        return bb_loss
 
-    zero_shot_loss = math.nan
     model.train()
     if rcfg.zero_init_head and config.rule == "product" and state.global_step == 0 and not state.history:
         # a zero-initialised plugin is exactly the black box: make it a candidate, so the plugin
         # kept is never worse than the black box alone on the held-out criterion
-        zero_shot_loss = consider(0, None, time.perf_counter())
+        consider(0, None, time.perf_counter())
         save_checkpoint()
     try:
         while not state.done and state.epoch < config.epochs:
@@ -431,7 +429,7 @@ def train(
                 if config.max_steps and state.global_step >= config.max_steps:
                     break
             bar.close()
-            zero_shot_loss = consider(state.epoch + 1, loss_avg, t0)
+            consider(state.epoch + 1, loss_avg, t0)
             state.epoch += 1
             state.step_in_epoch = 0
             if state.bad_epochs >= config.patience or (config.max_steps and state.global_step >= config.max_steps):
@@ -454,8 +452,7 @@ def train(
             shutil.copy2(item, out / item.name)
         shutil.rmtree(ckpt, ignore_errors=True)
     accelerator.wait_for_everyone()
-    if math.isnan(zero_shot_loss) and state.history:
-        zero_shot_loss = state.history[-1]["blackbox_eval_loss"]
+    zero_shot_loss = state.history[-1]["blackbox_eval_loss"] if state.history else math.nan
     return TrainResult(
         out, state.best_loss, zero_shot_loss, state.history,
         cache.hits if cache else 0, cache.misses if cache else 0,

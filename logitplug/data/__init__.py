@@ -2,7 +2,7 @@
 
 from .core import (
     DATA_ENV, TEMPLATES, DataError, EncodedExample, Example, PromptTemplate, collate, draw_demonstrations, encode_all,
-    encode_example,     encode_prompt, find_data_dir, get_template, group_by_input, load_table, split_by_input, targets_of,
+    encode_example, encode_prompt, find_data_dir, get_template, group_by_input, load_table, split_by_input, targets_of,
 )
 from .tasks import (
     TASKS, Task, adidas_paper_splits, commongen_paper_splits, e2e_paper_splits, load_adidas, load_commongen, load_e2e,

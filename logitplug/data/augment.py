@@ -43,8 +43,11 @@ def pseudo_name(words: int, rng: random.Random) -> str:
 
 def substitute_names(example: Example, rng: random.Random) -> Example:
     """``example`` with every copied name replaced by one pseudo-name, the same in input and target."""
+    names = copied_names(example)
+    if not names:
+        return example
     inp, tgt = example.input, example.target or ""
-    for name in copied_names(example):
+    for name in names:
         new = pseudo_name(len(name.split(" ")), rng)
         pattern = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
         inp, tgt = pattern.sub(new, inp), pattern.sub(new, tgt)
@@ -59,6 +62,5 @@ def augment_copied_names(examples: Sequence[Example], fraction: float, seed: int
     rng = random.Random(seed)
     out = []
     for ex in examples:
-        pick = rng.random() < fraction
-        out.append(substitute_names(ex, rng) if pick and copied_names(ex) else ex)
+        out.append(substitute_names(ex, rng) if rng.random() < fraction else ex)
     return out

@@ -222,21 +222,17 @@ class EncodedExample:
     prompt_len: int
 
 
-def encode_prompt(tokenizer: Any, template: PromptTemplate, input_text: str, max_length: int | None = None,
-                  warn: bool = True) -> list[int]:
-    """Prompt token ids; longer than ``max_length`` -> truncated from the left (with a warning unless
-    the caller reports truncation itself)."""
+def encode_prompt(tokenizer: Any, template: PromptTemplate, input_text: str, max_length: int | None = None) -> list[int]:
+    """Prompt token ids; longer than ``max_length`` -> truncated from the left with a warning."""
     ids = tokenizer(template.render(input_text, tokenizer), add_special_tokens=True)["input_ids"]
     if max_length is not None and len(ids) > max_length:
-        if warn:
-            logger.warning("prompt of %d tokens truncated from the left to %d (context limit)", len(ids), max_length)
+        logger.warning("prompt of %d tokens truncated from the left to %d (context limit)", len(ids), max_length)
         ids = ids[-max_length:]
     return list(ids)
 
 
-def encode_example(tokenizer: Any, template: PromptTemplate, example: Example, max_length: int,
-                   warn: bool = True) -> EncodedExample:
-    """Prompt and target tokenized separately (exactly as generation will see them), EOS appended."""
+def _encode_example(tokenizer: Any, template: PromptTemplate, example: Example, max_length: int) -> tuple[EncodedExample, int]:
+    """The encoded example and how many prompt tokens were cut from the left to make it fit."""
     if example.target is None:
         raise DataError(f"example has no target: {example.input[:80]!r}")
     target = tokenizer(template.prefix + example.target, add_special_tokens=False)["input_ids"]
@@ -247,8 +243,21 @@ def encode_example(tokenizer: Any, template: PromptTemplate, example: Example, m
         raise DataError(
             f"target of {len(target)} tokens does not fit the context of {max_length} tokens: {example.target[:80]!r}"
         )
-    prompt = encode_prompt(tokenizer, template, example.input, max_length - len(target), warn=warn)
-    return EncodedExample(tuple(prompt + target), len(prompt))
+    prompt = encode_prompt(tokenizer, template, example.input)
+    room = max_length - len(target)
+    cut = max(0, len(prompt) - room)
+    prompt = prompt[cut:]
+    return EncodedExample(tuple(prompt + target), len(prompt)), cut
+
+
+def encode_example(tokenizer: Any, template: PromptTemplate, example: Example, max_length: int) -> EncodedExample:
+    """Prompt and target tokenized separately (exactly as generation will see them), EOS appended;
+    a prompt too long for ``max_length`` is cut from the left with a warning."""
+    enc, cut = _encode_example(tokenizer, template, example, max_length)
+    if cut:
+        logger.warning("prompt of %d tokens truncated from the left to %d (context limit)", enc.prompt_len + cut,
+                       enc.prompt_len)
+    return enc
 
 
 def encode_all(tokenizer: Any, template: PromptTemplate, examples: Sequence[Example], max_length: int) -> list[EncodedExample]:
@@ -258,12 +267,10 @@ def encode_all(tokenizer: Any, template: PromptTemplate, examples: Sequence[Exam
     cut = 0
     for i, ex in enumerate(examples):
         try:
-            enc = encode_example(tokenizer, template, ex, max_length, warn=False)
+            enc, dropped = _encode_example(tokenizer, template, ex, max_length)
         except DataError as e:
             raise DataError(f"row {i}: {e}") from None
-        # a prompt was cut when re-encoding it without a limit gives more tokens
-        if enc.prompt_len < len(encode_prompt(tokenizer, template, ex.input)):
-            cut += 1
+        cut += dropped > 0
         out.append(enc)
     if cut:
         # one line, not one per row: a long template (e.g. with demonstrations) cuts most rows at once
