@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -456,6 +456,8 @@ def serve(
     max_tokens: int = typer.Option(512, help="most new tokens per request"),
     max_logprobs: int = typer.Option(20, help="most log-probs per token a client may ask for (-1: whole vocabulary)"),
     repetition_penalty: float = typer.Option(1.0, help=_help(_G, "repetition_penalty")),
+    demonstrations: bool = typer.Option(True, help="prepend the fixed demonstrations a plugin was trained under "
+                                                   "(clients then send the task prompt alone)"),
 ) -> None:
     """Serve a black box (or black box + plugin) as an OpenAI-compatible endpoint with log-probs."""
     import uvicorn
@@ -465,7 +467,7 @@ def serve(
     from .train import trained_rule
 
     bb = _load_bb(blackbox)
-    rw, rule = None, None
+    rw, rule, prefix = None, None, {}
     if plugin is not None:
         try:
             rw, rule = Reweighter.from_pretrained(plugin, bb.fingerprint), trained_rule(plugin)
@@ -475,16 +477,23 @@ def serve(
         from .reweighter import read_sidecar
 
         trained_on = PromptTemplate(**read_sidecar(plugin)["template"])
-        if trained_on.demos:
-            # the server passes prompts through as sent: the plugin only helps on prompts shaped like its training
-            example = trained_on.render("INPUT")
-            typer.secho(f"note: this plugin was trained on prompts that start with {len(trained_on.demos)} fixed "
-                        f"demonstration(s); send prompts rendered the same way (the server adds nothing), e.g.:\n"
-                        f"{example!r}\nand stop at a blank line (stop: [\"\\n\\n\"])", fg=typer.colors.YELLOW,
-                        err=True)
+        if trained_on.demos and demonstrations:
+            # the plugin only helps on prompts shaped like its training: the server puts the
+            # demonstrations in, clients send the task prompt alone
+            prefix = {"prefix_messages": tuple(trained_on.demo_messages())} if trained_on.chat else \
+                {"prompt_prefix": trained_on.demo_head()}
+            shape = (f"chat messages ending with the user turn {replace(trained_on, demos=()).text!r}" if trained_on.chat
+                     else repr(replace(trained_on, demos=()).render("INPUT")))
+            typer.secho(f"note: this plugin was trained under {len(trained_on.demos)} fixed demonstration(s); the server "
+                        f"prepends them to every {'conversation' if trained_on.chat else 'completion prompt'}. Send the "
+                        f"task prompt alone, e.g. {shape}, and stop at a blank line (stop: [\"\\n\\n\"])",
+                        fg=typer.colors.YELLOW, err=True)
+        elif trained_on.demos:
+            typer.secho(f"note: --no-demonstrations: send prompts that start with the plugin's {len(trained_on.demos)} "
+                        f"demonstration(s) yourself, e.g. {trained_on.render('INPUT')!r}", fg=typer.colors.YELLOW, err=True)
     cfg = ServeConfig(model_name=model_name or (f"{blackbox}+plugin" if plugin else blackbox), api_key=api_key,
                       max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens, max_logprobs=max_logprobs,
-                      repetition_penalty=repetition_penalty)
+                      repetition_penalty=repetition_penalty, **prefix)
     typer.echo(f"serving {cfg.model_name} on http://{host}:{port}/v1 (OpenAI-compatible; Ctrl-C stops)")
     uvicorn.run(create_app(bb, rw, rule, cfg), host=host, port=port, log_level="warning")
 

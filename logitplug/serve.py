@@ -5,6 +5,9 @@ up to ``max_logprobs``; -1 allows the whole vocabulary), ``echo`` for teacher-fo
 prompt, token-id prompts, and vLLM's ``return_tokens_as_token_ids`` so that a client can map
 tokens back to ids exactly (decoded strings are ambiguous). With a plugin, every number it
 returns is the *adapted* model's: the server is a drop-in endpoint for the adapted black box.
+A plugin trained under fixed demonstrations gets them from the server (``prompt_prefix`` /
+``prefix_messages``): clients send the task prompt alone and see only their own tokens in
+``echo``, log-probs and ``usage``.
 
 Model work runs one request at a time behind a lock, in FastAPI's thread pool, so the server
 keeps answering other clients (errors, ``/v1/models``) while a generation runs.
@@ -75,6 +78,10 @@ class ServeConfig:
     max_tokens: int = 512
     max_logprobs: int = 20  # -1: the whole vocabulary may be asked for
     repetition_penalty: float = 1.0  # applied to generated tokens, as in logitplug generate
+    # put before every completion prompt / chat conversation, unseen by clients: the fixed
+    # demonstrations a plugin was trained under, so clients send the task prompt alone
+    prompt_prefix: str = ""
+    prefix_messages: tuple[dict[str, str], ...] = ()
 
 
 class ServeError(Exception):
@@ -137,18 +144,28 @@ def create_app(
             if top < 0 or top > limit:
                 raise ServeError(400, f"logprobs={top} is outside 0..{limit} allowed by this server")
 
-    def encode(prompt: str | list[int]) -> list[int]:
+    prefix_ids = tok(cfg.prompt_prefix, add_special_tokens=True)["input_ids"] if cfg.prompt_prefix else []
+
+    def encode(prompt: str | list[int]) -> tuple[list[int], int]:
+        """(the token ids the model reads, how many of them are the server's prefix)."""
         if isinstance(prompt, list):
             if not prompt or any(not 0 <= t < vocab for t in prompt):
                 raise ServeError(400, f"a token-id prompt must be a non-empty list of ids in 0..{vocab - 1}")
-            ids = list(prompt)
+            ids = prefix_ids + list(prompt)
         else:
-            ids = tok(prompt, add_special_tokens=True)["input_ids"]
-            if not ids:
+            if not prompt:
                 raise ServeError(400, "the prompt is empty")
-        if len(ids) > cfg.max_prompt_tokens:
-            raise ServeError(400, f"the prompt has {len(ids)} tokens; this server accepts at most {cfg.max_prompt_tokens}")
-        return ids
+            # one tokenization of prefix + prompt, as in training; if the boundary merges tokens,
+            # the client's prompt is tokenized on its own instead
+            ids = tok(cfg.prompt_prefix + prompt, add_special_tokens=True)["input_ids"]
+            if ids[: len(prefix_ids)] != prefix_ids:
+                ids = prefix_ids + tok(prompt, add_special_tokens=not prefix_ids)["input_ids"]
+            if len(ids) == len(prefix_ids):
+                raise ServeError(400, "the prompt is empty")
+        if len(ids) - len(prefix_ids) > cfg.max_prompt_tokens:
+            raise ServeError(400, f"the prompt has {len(ids) - len(prefix_ids)} tokens; this server accepts at most "
+                                  f"{cfg.max_prompt_tokens}")
+        return ids, len(prefix_ids)
 
     def run(ids: list[int], max_tokens: int, temperature: float, top_p: float, stop, seed, top: int) -> Generation:
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
@@ -185,21 +202,21 @@ def create_app(
     @app.post("/v1/completions")
     def completions(req: CompletionRequest) -> dict[str, Any]:
         check_common(req.n, req.max_tokens, req.logprobs)
-        ids = encode(req.prompt)
+        ids, hidden = encode(req.prompt)
         if req.max_tokens == 0 and not req.echo:
             raise ServeError(400, "max_tokens=0 returns nothing unless echo=true")
         if len(ids) + req.max_tokens > blackbox.max_context:
-            raise ServeError(400, f"prompt ({len(ids)}) + max_tokens ({req.max_tokens}) exceeds the context "
-                                  f"window of {blackbox.max_context} tokens")
+            raise ServeError(400, f"prompt ({len(ids)}{' with the server prefix' if hidden else ''}) + max_tokens "
+                                  f"({req.max_tokens}) exceeds the context window of {blackbox.max_context} tokens")
         top = req.logprobs or 0
         tokens: list[int] = []
         steps: list[TokenLogprobs | None] = []
         text, reason, generated = "", "length", 0
         if req.echo:
             with lock:
-                steps += score_ids(blackbox, ids, reweighter, rule, top)
-            tokens += ids
-            text += tok.decode(ids, skip_special_tokens=True)
+                steps += score_ids(blackbox, ids, reweighter, rule, top)[hidden:]
+            tokens += ids[hidden:]
+            text += tok.decode(ids[hidden:], skip_special_tokens=True)
         if req.max_tokens:
             g = run(ids, req.max_tokens, req.temperature, req.top_p, req.stop, req.seed, top)
             tokens += g.token_ids
@@ -222,7 +239,7 @@ def create_app(
         return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": cfg.model_name, "choices": [{"index": 0, "text": text, "finish_reason": reason,
                                                       "logprobs": logprobs}],
-                "usage": usage(len(ids), generated)}
+                "usage": usage(len(ids) - hidden, generated)}
 
     @app.post("/v1/chat/completions")
     def chat(req: ChatRequest) -> dict[str, Any]:
@@ -234,16 +251,27 @@ def create_app(
         if not getattr(tok, "chat_template", None):
             raise ServeError(400, "this model has no chat template; use /v1/completions")
         messages = [m.model_dump() for m in req.messages]
-        if req.continue_final_message:
-            if messages[-1]["role"] != "assistant":
-                raise ServeError(400, "continue_final_message needs the last message to be the assistant's")
-            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
-                                             continue_final_message=True)
-        else:
-            prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=req.add_generation_prompt)
-        ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        if len(ids) > cfg.max_prompt_tokens:
-            raise ServeError(400, f"the prompt has {len(ids)} tokens; this server accepts at most {cfg.max_prompt_tokens}")
+        if req.continue_final_message and messages[-1]["role"] != "assistant":
+            raise ServeError(400, "continue_final_message needs the last message to be the assistant's")
+
+        def chat_ids(msgs: list[dict[str, str]]) -> list[int]:
+            if req.continue_final_message:
+                prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False,
+                                                 continue_final_message=True)
+            else:
+                prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=req.add_generation_prompt)
+            return tok(prompt, add_special_tokens=False)["input_ids"]
+
+        ids = client_ids = chat_ids(messages)
+        if cfg.prefix_messages:  # after the client's system message, if any
+            head = 1 if messages[0]["role"] == "system" else 0
+            ids = chat_ids(messages[:head] + [dict(m) for m in cfg.prefix_messages] + messages[head:])
+        if len(client_ids) > cfg.max_prompt_tokens:
+            raise ServeError(400, f"the prompt has {len(client_ids)} tokens; this server accepts at most "
+                                  f"{cfg.max_prompt_tokens}")
+        if len(ids) + max_tokens > blackbox.max_context:
+            raise ServeError(400, f"prompt ({len(ids)}{' with the server prefix' if len(ids) > len(client_ids) else ''}) "
+                                  f"+ max_tokens ({max_tokens}) exceeds the context window of {blackbox.max_context} tokens")
         g = run(ids, max_tokens, req.temperature, req.top_p, req.stop, req.seed, top or (1 if req.logprobs else 0))
         logprobs = None
         if req.logprobs:
@@ -259,6 +287,6 @@ def create_app(
                 "model": cfg.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": raw_text(g, req.stop)},
                              "finish_reason": finish(g), "logprobs": logprobs}],
-                "usage": usage(len(ids), len(g.token_ids))}
+                "usage": usage(len(client_ids), len(g.token_ids))}
 
     return app

@@ -175,4 +175,7 @@ def test_serve_tells_how_to_prompt_a_plugin_trained_with_demonstrations(tmp_path
     monkeypatch.setattr(uvicorn, "run", lambda app_, **kw: served.append(kw))
     res = runner.invoke(app, ["serve", "--blackbox", str(bb_dir), "--plugin", str(out)])
     assert res.exit_code == 0, res.output
-    assert served and "1 fixed demonstration(s)" in res.output and "is a pub." in res.output
+    assert served and "1 fixed demonstration(s)" in res.output and "prepends them" in res.output
+    assert "is a pub." not in res.output  # the example prompt a client sends has no demonstration in it
+    res = runner.invoke(app, ["serve", "--blackbox", str(bb_dir), "--plugin", str(out), "--no-demonstrations"])
+    assert res.exit_code == 0 and "is a pub." in res.output  # now the client must send them

@@ -110,6 +110,13 @@ def test_fixed_demonstrations_travel_with_the_template_and_survive_json():
     assert back == fixed and back.render("cat, mat") == fixed.render("cat, mat")
     with pytest.raises(ValueError, match="need targets"):
         TEMPLATES["commongen"].with_demonstrations([Example("a", None)])
+    # what a server prepends: the head, so that a client's bare task prompt reads as in training
+    assert fixed.demo_head() + TEMPLATES["commongen"].render("cat, mat") == fixed.render("cat, mat")
+    assert fixed.demo_head().endswith("The dog plays with a ball.\n\n")
+    chat = TEMPLATES["commongen-chat"].with_demonstrations([demo])
+    assert chat.demo_messages()[1] == {"role": "assistant", "content": "The dog plays with a ball."}
+    with pytest.raises(ValueError, match="chat template"):
+        chat.demo_head()
 
 
 def test_encode_all_reports_truncation_once_with_a_count(caplog):

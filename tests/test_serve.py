@@ -192,6 +192,42 @@ def test_client_without_token_ids_maps_token_strings_back(models, served, tmp_pa
         torch.testing.assert_close(a, b)
 
 
+def test_a_server_prefix_is_read_by_the_model_but_hidden_from_the_client(models):
+    """A plugin trained under fixed demonstrations is served with them: the client sends the task
+    prompt alone and gets what the adapted model says after demonstrations + prompt."""
+    bb, rw = models
+    head = "name[Zizzi], food[Thai]\nZizzi serves Thai food.\n\n"
+    client = TestClient(create_app(bb, rw, ProductRule(), ServeConfig(prompt_prefix=head)))
+    full_ids = bb.tokenizer(head + PROMPT)["input_ids"]
+    hidden = len(bb.tokenizer(head)["input_ids"])
+    res = client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 6, "temperature": 0, "echo": True,
+                                               "logprobs": 1, "return_tokens_as_token_ids": True})
+    assert res.status_code == 200, res.text
+    body = res.json()
+    local = Decoder(bb, rw, ProductRule(), GenerationConfig(max_new_tokens=6)).generate_ids([full_ids])[0]
+    tokens = [int(t.split(":")[1]) for t in body["choices"][0]["logprobs"]["tokens"]]
+    assert tokens == full_ids[hidden:] + local.token_ids  # the client sees its own prompt, not the head
+    assert body["choices"][0]["text"].startswith(PROMPT) and head not in body["choices"][0]["text"]
+    assert body["usage"]["prompt_tokens"] == len(full_ids) - hidden
+    # the first echoed token is scored after the head, so it has a log-prob
+    assert body["choices"][0]["logprobs"]["token_logprobs"][0] is not None
+    bare = Decoder(bb, rw, ProductRule(), GenerationConfig(max_new_tokens=6)).generate_ids([full_ids[hidden:]])[0]
+    assert local.token_ids != bare.token_ids  # the head matters, so the check above could fail
+
+    demos = ({"role": "user", "content": "name[Zizzi]"}, {"role": "assistant", "content": "Zizzi."})
+    chat = TestClient(create_app(bb, rw, ProductRule(), ServeConfig(prefix_messages=demos)))
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "name[Aromi]"}]
+    res = chat.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 4, "temperature": 0})
+    assert res.status_code == 200, res.text
+    prompt = bb.tokenizer.apply_chat_template([messages[0], *demos, messages[1]], tokenize=False,
+                                              add_generation_prompt=True)
+    ids = bb.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    want = Decoder(bb, rw, ProductRule(), GenerationConfig(max_new_tokens=4)).generate_ids([ids])[0]
+    assert res.json()["choices"][0]["message"]["content"].strip() == want.text
+    client_only = bb.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert res.json()["usage"]["prompt_tokens"] == len(bb.tokenizer(client_only, add_special_tokens=False)["input_ids"])
+
+
 def test_chat_can_continue_a_partial_assistant_message(models):
     bb, _ = models
     client = TestClient(create_app(bb))

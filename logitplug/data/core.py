@@ -65,14 +65,32 @@ class PromptTemplate:
         if self.chat:
             if tokenizer is None or not getattr(tokenizer, "chat_template", None):
                 raise ValueError(f"template {self.name!r} uses a chat template but the tokenizer has none")
-            messages = []
-            for i, t in shots:
-                messages += [{"role": "user", "content": self.text.replace("{input}", i)},
-                             {"role": "assistant", "content": t}]
+            messages = self._shot_messages(shots)
             messages.append({"role": "user", "content": self.text.replace("{input}", input_text)})
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        head = "".join(f"{self.text.replace('{input}', i)}{self.target_prefix}{t}\n\n" for i, t in shots)
-        return head + self.text.replace("{input}", input_text)
+        return self._shot_text(shots) + self.text.replace("{input}", input_text)
+
+    def _shot_text(self, shots: Sequence[tuple[str, str]]) -> str:
+        return "".join(f"{self.text.replace('{input}', i)}{self.target_prefix}{t}\n\n" for i, t in shots)
+
+    def _shot_messages(self, shots: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+        messages = []
+        for i, t in shots:
+            messages += [{"role": "user", "content": self.text.replace("{input}", i)},
+                         {"role": "assistant", "content": t}]
+        return messages
+
+    def demo_head(self) -> str:
+        """The text the fixed demonstrations put before a plain (non-chat) prompt: what a server
+        prepends so that clients can send ``render(input)`` alone."""
+        if self.chat:
+            raise ValueError(f"template {self.name!r} is a chat template: its demonstrations are chat turns "
+                             "(see demo_messages)")
+        return self._shot_text(self.demos)
+
+    def demo_messages(self) -> list[dict[str, str]]:
+        """The fixed demonstrations as earlier (user, assistant) chat turns."""
+        return self._shot_messages(self.demos)
 
     def with_demonstrations(self, demos: Sequence["Example"]) -> "PromptTemplate":
         """This template with ``demos`` fixed at the head of every prompt (training and decoding)."""
