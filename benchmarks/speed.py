@@ -97,6 +97,47 @@ def train_speed(bb, rows, eval_rows, repeats: int) -> dict:
     }
 
 
+def shared_prefix_speed(bb, rows, test_rows, demos: int, repeats: int, max_new_tokens: int) -> dict:
+    """Prompts that start with the same fixed demonstrations: the common prefix computed once per
+    batch (``LocalBlackBox.share_prefix``) vs once per row, for recording training log-probs
+    (teacher forcing, batches of 8) and for decoding (batch 16), interleaved."""
+    chosen, rest = draw_demonstrations(rows, demos, 0)
+    template = TEMPLATES["e2e"].with_demonstrations(chosen)
+    enc = encode_all(bb.tokenizer, template, rest[:32], 1024)
+    prompts = [encode_prompt(bb.tokenizer, template, ex.input) for ex in test_rows[:16]]
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, batch_size=16,
+                           repetition_penalty=1.1)
+
+    def record() -> None:
+        for i in range(0, len(enc), 8):
+            b = collate(enc[i:i + 8], 0)
+            bb.logprobs_at(b["input_ids"], b["attention_mask"], b["target_mask"])
+
+    def decode() -> None:
+        Decoder(bb, None, BlackBoxOnly(), cfg).generate_ids(prompts)
+
+    times = {(job, shared): [] for job in ("record", "decode") for shared in (False, True)}
+    try:
+        for r in range(repeats + 1):  # the first round warms up
+            for (job, shared), seconds in times.items():
+                bb.share_prefix = shared
+                t0 = time.perf_counter()
+                record() if job == "record" else decode()
+                if r:
+                    seconds.append(time.perf_counter() - t0)
+    finally:
+        bb.share_prefix = True
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "demonstrations": demos, "prompt_tokens_mean": statistics.mean(len(p) for p in prompts),
+        "record_rows": len(enc), "record_s": med[("record", False)], "record_shared_s": med[("record", True)],
+        "record_speedup": med[("record", False)] / med[("record", True)],
+        "decode_prompts": len(prompts), "decode_tokens": max_new_tokens, "decode_s": med[("decode", False)],
+        "decode_shared_s": med[("decode", True)], "decode_speedup": med[("decode", False)] / med[("decode", True)],
+        "repeats": repeats,
+    }
+
+
 def cache_loss_gap(bb, plugin, rows, top_k: int) -> dict:
     """Held-out NLL of the combined model: exact black-box log-probs vs the top-k cache."""
     enc = encode_all(bb.tokenizer, TEMPLATES["e2e"], rows, 256)
@@ -179,6 +220,8 @@ def main() -> None:
     }
     if not args.decode_only:
         report["train"] = train_speed(bb, rows, eval_rows, args.repeats)
+        report["shared_prefix"] = [shared_prefix_speed(bb, splits["train"], splits["test"], k, args.repeats,
+                                                       args.max_new_tokens) for k in (1, 3)]
         report["cache_loss_gap"] = [cache_loss_gap(bb, plugin, splits["validation"][:48], k) for k in (16, 64, 256)]
     name = "speed-decode" if args.decode_only else "speed"
     if not args.skip_memory and not args.decode_only:
@@ -206,7 +249,16 @@ def to_markdown(r: dict) -> str:
               f"| from the cache | {t['cached_epoch_s']:.1f} | {t['cached_tok_s']:.0f} |",
               f"| **cached speed-up** | **{t['cached_speedup']:.1f}x** | ({t['rows']} rows, median of {t['repeats']}; "
               f"recipe {t.get('recipe', 'paper')}: a cached epoch costs {100 / t['cached_speedup']:.0f}% of one on the fly) |",
-              "", "| cache top-k | exact NLL/token | cached NLL/token | gap |", "|---|---|---|---|"]
+              "", "| prompts with fixed demonstrations | tokens/prompt | prefix once per row, s | once per batch, s | speed-up |",
+              "|---|---|---|---|---|"]
+    for p in r.get("shared_prefix", []):
+        lines.append(f"| {p['demonstrations']} demo(s): record log-probs of {p['record_rows']} training rows (batch 8) | "
+                     f"{p['prompt_tokens_mean']:.0f} | {p['record_s']:.2f} | {p['record_shared_s']:.2f} | "
+                     f"**{p['record_speedup']:.2f}x** |")
+        lines.append(f"| {p['demonstrations']} demo(s): decode {p['decode_prompts']} prompts x {p['decode_tokens']} tokens "
+                     f"(batch 16) | {p['prompt_tokens_mean']:.0f} | {p['decode_s']:.2f} | {p['decode_shared_s']:.2f} | "
+                     f"**{p['decode_speedup']:.2f}x** |")
+    lines += ["", "| cache top-k | exact NLL/token | cached NLL/token | gap |", "|---|---|---|---|"]
     for g in r["cache_loss_gap"]:
         lines.append(f"| {g['top_k']} | {g['exact_nll']:.4f} | {g['cached_nll']:.4f} | {g['relative_gap_pct']:+.2f}% |")
     if "peak_rss_mib" in r:

@@ -44,17 +44,85 @@ def head_logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return _softcap(model, model.get_output_embeddings()(hidden))
 
 
+MIN_SHARED_PREFIX = 16  # shorter common prefixes are not worth a second forward call
+
+
+@dataclass
+class SharedPrefix:
+    """A batch whose rows all start with the same P real tokens, with those tokens cut out of
+    every row: the prefix runs once (batch 1) and its KV cache is repeated for the rows."""
+
+    length: int  # P
+    cache: DynamicCache  # the prefix's keys/values, repeated to the batch size
+    input_ids: torch.Tensor  # (B, T - P): each row without its first P real tokens, padding kept
+    attention_mask: torch.Tensor  # (B, P + T - P): ones for the prefix, then the rows' masks
+    position_ids: torch.Tensor  # (B, T - P)
+    columns: torch.Tensor  # (B, T - P): the original column of every kept entry
+
+
+def shared_prefix(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  first_needed: torch.Tensor | None = None) -> SharedPrefix | None:
+    """Run the batch's common prefix once, if it has one worth sharing (None otherwise).
+
+    Prompts built on the same template, and above all on the same fixed demonstrations, share
+    hundreds of tokens; computing them once per batch instead of once per row is what makes
+    demonstration-based recipes affordable on a CPU. Works for left- and right-padded rows.
+    ``first_needed`` (B,): per row, the first column whose output is wanted; the prefix stops
+    before it. Models with sliding-window attention share only when the whole batch fits in the
+    window (then the window changes nothing)."""
+    B, T = input_ids.shape
+    window = getattr(model.config, "sliding_window", None)
+    if B < 2 or (window and T > window):
+        return None
+    mask = attention_mask.long()
+    lengths = mask.sum(-1)
+    starts = mask.argmax(-1)  # first real token
+    ends = T - mask.flip(-1).argmax(-1)  # one past the last
+    if not bool((ends - starts == lengths).all()):  # padding inside a row: not a layout we make
+        return None
+    room = int(lengths.min()) - 1  # every row keeps at least one token after the prefix
+    if first_needed is not None:
+        room = min(room, int((first_needed - starts).min()))
+    if room < MIN_SHARED_PREFIX:
+        return None
+    offsets = torch.arange(room, device=input_ids.device)
+    aligned = input_ids.gather(1, starts[:, None] + offsets[None, :])
+    same = (aligned == aligned[:1]).all(0).long().cumprod(0)
+    P = int(same.sum())
+    if P < MIN_SHARED_PREFIX:
+        return None
+    cache = DynamicCache(config=model.config)
+    model.base_model(input_ids=aligned[:1, :P], position_ids=offsets[None, :P], past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(B)
+    kept = torch.arange(T - P, device=input_ids.device)[None, :].expand(B, -1)
+    columns = kept + P * (kept >= starts[:, None]).long()
+    rest_mask = attention_mask.gather(1, columns)
+    full_mask = torch.cat([rest_mask.new_ones((B, P)), rest_mask], dim=1)
+    return SharedPrefix(P, cache, input_ids.gather(1, columns), full_mask,
+                        position_ids_from_mask(full_mask)[:, P:], columns)
+
+
 def selected_logits(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     select: torch.Tensor | None = None,
+    share_prefix: bool = False,
 ) -> torch.Tensor:
     """Teacher-forced logits: (B, T, V), or (N, V) at the True entries of the (B, T) ``select`` mask.
 
     Selecting before the head skips the vocabulary projection for prompt positions, which is
-    most of the cost of a small model with a large vocabulary.
+    most of the cost of a small model with a large vocabulary. ``share_prefix`` (with
+    ``select``) runs the rows' common prefix once (see ``shared_prefix``).
     """
+    if share_prefix and select is not None and bool(select.any(-1).all()):
+        shared = shared_prefix(model, input_ids, attention_mask, select.long().argmax(-1))
+        if shared is not None:
+            hidden = model.base_model(
+                input_ids=shared.input_ids, attention_mask=shared.attention_mask, position_ids=shared.position_ids,
+                past_key_values=shared.cache, use_cache=True,
+            ).last_hidden_state
+            return head_logits(model, hidden[select.gather(1, shared.columns)])
     hidden = hidden_states(model, input_ids, attention_mask)
     if select is not None:
         hidden = hidden[select]
@@ -75,8 +143,15 @@ class StepState:
 
 
 @torch.no_grad()
-def prefill(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, StepState]:
-    """Run the prompt; return the last position's logits (B, V) and the state to continue from."""
+def prefill(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            share_prefix: bool = False) -> tuple[torch.Tensor, StepState]:
+    """Run the prompt; return the last position's logits (B, V) and the state to continue from.
+    ``share_prefix``: run the rows' common prefix once (see ``shared_prefix``)."""
+    shared = shared_prefix(model, input_ids, attention_mask) if share_prefix else None
+    if shared is not None:
+        out = model(input_ids=shared.input_ids, attention_mask=shared.attention_mask, position_ids=shared.position_ids,
+                    past_key_values=shared.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :], StepState(out.past_key_values, shared.attention_mask)
     cache = DynamicCache(config=model.config)
     out = model(
         input_ids=input_ids,

@@ -25,6 +25,48 @@ def test_incremental_steps_match_teacher_forcing_with_left_padding():
     assert torch.allclose(lp.exp().sum(-1), torch.ones(2), atol=1e-5)
 
 
+@pytest.mark.parametrize("left_padded", [False, True])
+def test_a_shared_prefix_runs_once_and_changes_no_number(left_padded):
+    from logitplug import _lm
+
+    bb = tiny_blackbox(seed=3)
+    head = torch.randint(2, bb.vocab_size, (40,))
+    rows = [torch.cat([head, torch.randint(2, bb.vocab_size, (n,))]) for n in (5, 9, 7)]
+    T = max(len(r) for r in rows)
+    ids, mask = torch.zeros(3, T, dtype=torch.long), torch.zeros(3, T, dtype=torch.long)
+    select = torch.zeros(3, T, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        start = T - len(r) if left_padded else 0
+        ids[i, start:start + len(r)], mask[i, start:start + len(r)] = r, 1
+        select[i, start + 42:start + len(r) - 1] = True  # the targets' positions
+    shared = _lm.shared_prefix(bb.model, ids, mask, select.long().argmax(-1))
+    assert shared is not None and shared.length >= 40  # random suffixes may extend it by chance
+    calls = []
+    hook = bb.model.base_model.register_forward_pre_hook(lambda mod, args, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                                         with_kwargs=True)
+    bb.share_prefix = True
+    got = bb.logprobs_at(ids, mask, select)
+    hook.remove()
+    assert calls == [(1, shared.length), (3, T - shared.length)]  # the prefix once, then the rest of each row
+    bb.share_prefix = False
+    want = bb.logprobs_at(ids, mask, select)
+    assert torch.allclose(got, want, atol=1e-5)
+    if left_padded:  # decoding: prefill + steps agree too
+        bb.share_prefix = True
+        lp1, s1 = bb.start(ids, mask)
+        bb.share_prefix = False
+        lp2, s2 = bb.start(ids, mask)
+        assert torch.allclose(lp1, lp2, atol=1e-5)
+        tokens = lp2.argmax(-1)
+        for _ in range(3):
+            a, b = bb.step(s1, tokens), bb.step(s2, tokens)
+            assert torch.allclose(a, b, atol=1e-5)
+            tokens = b.argmax(-1)
+    # nothing shared when rows differ from the start
+    ids[1, (T - len(rows[1])) if left_padded else 0] += 1
+    assert _lm.shared_prefix(bb.model, ids, mask) is None
+
+
 def test_fingerprint_depends_on_tokenizer_only():
     assert tokenizer_fingerprint(tiny_tokenizer()) == tokenizer_fingerprint(tiny_tokenizer())
     assert tokenizer_fingerprint(tiny_tokenizer(300)) != tokenizer_fingerprint(tiny_tokenizer())

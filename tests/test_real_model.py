@@ -46,6 +46,22 @@ def test_kv_cache_decoding_matches_teacher_forcing_on_smollm2(smollm2, e2e):
     assert greedy == gen.token_ids
 
 
+def test_shared_demonstration_prefix_gives_the_same_outputs_on_smollm2(smollm2, e2e):
+    """Fixed demonstrations are computed once per batch; the generated text and the training
+    log-probs must not change (beyond float rounding)."""
+    template = TEMPLATES["e2e"].with_demonstrations(e2e["train"][:2])
+    prompts = [encode_prompt(smollm2.tokenizer, template, ex.input) for ex in e2e["test"][:4]]
+    cfg = GenerationConfig(max_new_tokens=16, repetition_penalty=1.1, batch_size=4)
+    try:
+        smollm2.share_prefix = False
+        want = [g.token_ids for g in Decoder(smollm2, config=cfg).generate_ids(prompts)]
+        smollm2.share_prefix = True
+        got = [g.token_ids for g in Decoder(smollm2, config=cfg).generate_ids(prompts)]
+    finally:
+        smollm2.share_prefix = True
+    assert got == want
+
+
 def test_converted_model_matches_the_gguf_original(smollm2):
     from logitplug.blackbox.registry import REGISTRY
 

@@ -19,10 +19,13 @@ def default_device() -> torch.device:
 class LocalBlackBox(BlackBox):
     """Full-vocabulary log-probs from a transformers causal LM, with a KV cache for decoding.
 
-    fp32 on CPU, half precision on GPU (the log-softmax is always taken in fp32).
+    fp32 on CPU, half precision on GPU (the log-softmax is always taken in fp32). Rows of a batch
+    that start with the same tokens (a template, fixed demonstrations) have that prefix computed
+    once per batch (``share_prefix``; same numbers to float rounding).
     """
 
     full_vocab = True
+    share_prefix = True
 
     def __init__(self, model: nn.Module, tokenizer: Any, identity: str, device: torch.device | str | None = None):
         self.device = torch.device(device) if device is not None else default_device()
@@ -61,11 +64,13 @@ class LocalBlackBox(BlackBox):
 
     @torch.no_grad()
     def logprobs_at(self, input_ids, attention_mask, select=None):
-        logits = _lm.selected_logits(self.model, input_ids.to(self.device), attention_mask.to(self.device), select)
+        logits = _lm.selected_logits(self.model, input_ids.to(self.device), attention_mask.to(self.device),
+                                     None if select is None else select.to(self.device), self.share_prefix)
         return torch.log_softmax(logits.float(), dim=-1)
 
     def start(self, input_ids, attention_mask):
-        logits, state = _lm.prefill(self.model, input_ids.to(self.device), attention_mask.to(self.device))
+        logits, state = _lm.prefill(self.model, input_ids.to(self.device), attention_mask.to(self.device),
+                                    self.share_prefix)
         return torch.log_softmax(logits.float(), dim=-1), state
 
     def step(self, state, next_tokens):
