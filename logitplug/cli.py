@@ -125,9 +125,10 @@ def train(
         DEFAULT_RECIPE, help="named settings to start from: " + "; ".join(f"'{r.name}': {r.description}"
                                                                            for r in RECIPES.values())
         + ". Options you give override it"),
-    demonstrations: int = typer.Option(
-        0, help="solved training examples (drawn by --seed) fixed at the head of every prompt, in training and in "
-                "`generate` (the plugin stores them with its template)"),
+    demonstrations: str = typer.Option(
+        "0", help="solved training examples (drawn by --seed) fixed at the head of every prompt, in training and in "
+                  "`generate` (the plugin stores them with its template); several counts, e.g. '1,3': the one whose "
+                  "prompt alone scores best in BLEU on (at most --select-inputs) held-out inputs"),
     epochs: int = typer.Option(80, help=_help(_T, "epochs")),
     batch_size: int = typer.Option(8, help=_help(_T, "batch_size")),
     lr: float = typer.Option(5e-4, help=_help(_T, "lr")),
@@ -189,17 +190,29 @@ def train(
             eval_rows, train_rows = split_by_input(train_rows, eval_fraction, seed)
             if not eval_rows or not train_rows:
                 _fail("too few distinct inputs to split off a held-out set; pass --eval-file")
-    if demonstrations < 0:
-        _fail(f"--demonstrations must be >= 0, got {demonstrations}")
-    if demonstrations:
-        from .data import draw_demonstrations
+    try:
+        counts = demonstrations if isinstance(demonstrations, (int, tuple)) else \
+            tuple(int(k) for k in str(demonstrations).split(","))
+        if isinstance(counts, tuple):
+            counts = counts[0] if len(counts) == 1 else counts
+        if min((counts,) if isinstance(counts, int) else counts) < 0:
+            raise ValueError
+    except ValueError:
+        _fail(f"--demonstrations must be a count >= 0 or comma-separated counts, got {demonstrations!r}")
+    bb = _load_bb(blackbox, endpoint_model, tokenizer)
+    if counts:
+        from .decode import GenerationConfig
+        from .selection import fix_demonstrations
 
         try:
-            demos, train_rows = draw_demonstrations(train_rows, demonstrations, seed)
+            tmpl, train_rows, chosen = fix_demonstrations(
+                bb, tmpl, train_rows, eval_rows, counts, seed, GenerationConfig(repetition_penalty=1.1, stop_strings=("\n\n",)),
+                max_inputs=tcfg.select_inputs)
         except ValueError as e:
             _fail(str(e))
-        tmpl = tmpl.with_demonstrations(demos)
-    bb = _load_bb(blackbox, endpoint_model, tokenizer)
+        if "demonstration_scores" in chosen:
+            shown = ", ".join(f"{k}: {v:.2f}" for k, v in chosen["demonstration_scores"].items())
+            typer.echo(f"demonstrations: {chosen['demonstrations']} (held-out BLEU of the black box alone by count: {shown})")
     from .data import DataError
 
     try:

@@ -18,11 +18,12 @@ from typing import Sequence
 
 from .blackbox import load_blackbox
 from .combine import BlackBoxOnly
-from .data import TEMPLATES, Example, draw_demonstrations, e2e_paper_splits, encode_prompt
+from .data import TEMPLATES, Example, e2e_paper_splits, encode_prompt
 from .decode import Decoder, GenerationConfig
 from .eval import evaluate, parse_mr, slot_error_rate
 from .recipes import DEFAULT_RECIPE, get_recipe
 from .reweighter import Reweighter, ReweighterConfig
+from .selection import fix_demonstrations
 from .train import TrainConfig, train, trained_rule
 
 
@@ -56,10 +57,13 @@ def run_quickstart(
     chosen = get_recipe(recipe)
     print(f"recipe {chosen.name!r}: {chosen.description}")
     template = TEMPLATES["e2e"]
-    prompted = template
-    if chosen.demonstrations:
-        demos, train_set = draw_demonstrations(train_set, chosen.demonstrations, seed)
-        prompted = template.with_demonstrations(demos)
+    # a blank line ends an answer (no E2E reference holds one; demonstrations are separated by one)
+    gcfg = GenerationConfig(max_new_tokens=64, repetition_penalty=1.1, batch_size=8, stop_strings=("\n\n",))
+    prompted, train_set, demo_info = fix_demonstrations(bb, template, train_set, eval_set, chosen.demonstrations, seed,
+                                                        gcfg)
+    if "demonstration_scores" in demo_info:
+        print(f"demonstrations: {demo_info['demonstrations']} (validation BLEU of the black box alone by count: "
+              f"{demo_info['demonstration_scores']})")
     plugin_dir = out / f"plugin-{chosen.name}"
     tcfg = TrainConfig(output_dir=str(plugin_dir), epochs=epochs, seed=seed, cache_dir=str(out / "logprob-cache"),
                        **chosen.train)
@@ -71,14 +75,12 @@ def run_quickstart(
     t_trained = time.perf_counter()
     plugin = Reweighter.from_pretrained(plugin_dir, bb.fingerprint)
 
-    # a blank line ends an answer (no E2E reference holds one; demonstrations are separated by one)
-    gcfg = GenerationConfig(max_new_tokens=64, repetition_penalty=1.1, batch_size=8, stop_strings=("\n\n",))
     refs = [list(ex.references) for ex in test_set]
     venue_names = sorted({v for ex in splits["train"] + splits["validation"] + splits["test"]
                           for k, v in parse_mr(ex.input).items() if k in ("name", "near")})
     runs = [("zero-shot", template, BlackBoxOnly(), None)]
     if prompted is not template:
-        runs.append((f"{chosen.demonstrations}-shot", prompted, BlackBoxOnly(), None))
+        runs.append((f"{demo_info['demonstrations']}-shot", prompted, BlackBoxOnly(), None))
     runs.append(("plugin", prompted, trained_rule(plugin_dir), plugin))
     outputs, scores = {}, {}
     for name, tmpl, rule, rw in runs:
@@ -103,7 +105,7 @@ def run_quickstart(
     for name, s in scores.items():
         print(f"{name:10s} " + " ".join(f"{s[c]:8.2f}" for c in columns))
     report = {
-        "blackbox": bb.fingerprint, "recipe": {"name": chosen.name, **chosen.settings()}, "train_rows": len(train_set), "eval_rows": len(eval_set),
+        "blackbox": bb.fingerprint, "recipe": {"name": chosen.name, **chosen.settings()}, "demonstrations": demo_info, "train_rows": len(train_set), "eval_rows": len(eval_set),
         "test_inputs": len(test_set), "seed": seed, "scores": scores,
         "train_seconds": t_trained - t_start, "total_seconds": time.perf_counter() - t_start,
         "generations": [{"input": ex.input, **{k: v[i] for k, v in outputs.items()}} for i, ex in enumerate(test_set)],

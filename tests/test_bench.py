@@ -181,6 +181,18 @@ def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path):
     assert sidecar["template"]["name"] == "commongen+1shot" and len(sidecar["template"]["demos"]) == 1
     with pytest.raises(ValueError, match="'icl' applies to trained"):
         make_method({"name": "z", "method": "zero-shot", "icl": 2})
+    # candidate counts: validation chooses, the cell records the choice and the scores behind it
+    assert make_method({"name": "c", "method": "plugin", "icl": [3, 1, 3]}).icl == (1, 3)
+    assert make_method({"name": "c", "method": "plugin", "icl": [2]}).icl == 2
+    with pytest.raises(ValueError, match=">= 0"):
+        make_method({"name": "c", "method": "plugin", "icl": [-1, 2]})
+    raw["methods"] = [{"name": "plugin-icl-chosen", "method": "plugin", "icl": [0, 1]}]
+    run_bench(parse_config(raw), progress=False)
+    rec = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin-icl-chosen" / "seed0.json").read_text())
+    chosen = rec["info"]["demonstrations"]
+    assert chosen in (0, 1) and set(rec["info"]["demonstration_scores"]) == {"0", "1"}
+    sidecar = json.loads((Path(rec["info"]["artifact"]) / "logitplug.json").read_text())
+    assert len(sidecar["template"]["demos"]) == chosen
 
 
 def test_plugin_methods_start_from_a_recipe_and_its_settings_key_follows_it(tiny_dir, tmp_path):

@@ -67,6 +67,16 @@ def test_recipes_set_defaults_and_explicit_options_win(tmp_path, bb_dir, data):
     assert res.exit_code == 2 and "only" in res.output and "have targets" in res.output
     res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "p3"), "--recipe", "magic"])
     assert res.exit_code == 2 and "unknown recipe 'magic'" in res.output
+    res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "p4"), "--demonstrations", "one"])
+    assert res.exit_code == 2 and "comma-separated counts" in res.output
+    # several counts: the black box's held-out score chooses, and the plugin keeps the chosen ones
+    res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "chosen"), "--demonstrations", "0,2",
+                                     "--select-inputs", "3"])
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if "demonstrations: " in x).split("demonstrations: ")[1]
+    count = int(line.split()[0])
+    assert count in (0, 2) and "0: " in line and "2: " in line
+    assert len(json.loads((tmp_path / "chosen" / "logitplug.json").read_text())["template"]["demos"]) == count
 
 
 def test_clear_errors(tmp_path, bb_dir, data):

@@ -25,7 +25,7 @@ from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import LogitDifference, Reweighter, ReweighterConfig
-from ..selection import text_metric_selector
+from ..selection import fix_demonstrations, text_metric_selector
 from ..train import TrainConfig, train, trained_rule
 
 
@@ -69,7 +69,8 @@ class Method(ABC):
         self.recipe = recipe  # plugin methods: the recipe under the variant's own settings
         base = recipe or get_recipe("paper")
         # trained methods: this many fixed demonstrations in every prompt, in training too
-        self.icl = int(base.demonstrations if icl is None else icl)
+        # (several counts: the one whose prompt alone scores best on validation)
+        self.icl = demonstration_counts(base.demonstrations if icl is None else icl)
         self.train_overrides = {**base.train, **(train or {})}
         self.reweighter_overrides = {**base.reweighter, **(reweighter or {})}
         self.lora_overrides = dict(lora or {})
@@ -131,11 +132,25 @@ class InContext(Method):
         return MethodOutput(self._decode(ctx, prompts), {"demonstrations": [asdict(d) for d in demos]})
 
 
-def with_demonstrations(ctx: CellContext, k: int) -> CellContext:
+def demonstration_counts(value: Any) -> int | tuple[int, ...]:
+    """A demonstration count, or candidate counts to choose among on validation."""
+    if isinstance(value, (list, tuple)):
+        counts = tuple(sorted({int(k) for k in value}))
+        if not counts or counts[0] < 0:
+            raise ValueError(f"demonstration counts must be >= 0, got {value!r}")
+        return counts[0] if len(counts) == 1 else counts
+    if int(value) < 0:
+        raise ValueError(f"demonstration counts must be >= 0, got {value!r}")
+    return int(value)
+
+
+def with_demonstrations(ctx: CellContext, k: int | tuple[int, ...]) -> tuple[CellContext, dict[str, Any]]:
     """The cell with k training examples (drawn by the seed, as icl-K draws them) fixed at the head
-    of every prompt, for training and decoding alike: a plugin on top of in-context learning."""
-    demos, rest = draw_demonstrations(ctx.train, k, ctx.seed)
-    return replace(ctx, template=ctx.template.with_demonstrations(demos), train=rest)
+    of every prompt, for training and decoding alike: a plugin on top of in-context learning.
+    Several counts: the one whose prompt alone scores best on validation BLEU."""
+    template, rest, info = fix_demonstrations(ctx.blackbox, ctx.template, ctx.train, ctx.validation, k, ctx.seed,
+                                              ctx.generation)
+    return replace(ctx, template=template, train=rest), info
 
 
 def _key(*parts: Any) -> str:
@@ -204,14 +219,16 @@ class TrainedCombination(Method):
         self.mixture_weight = mixture_weight
 
     def run(self, ctx: CellContext) -> MethodOutput:
+        demo_info: dict[str, Any] = {}
         if self.icl:
-            ctx = with_demonstrations(ctx, self.icl)
+            ctx, demo_info = with_demonstrations(ctx, self.icl)
         overrides = {**self.train_overrides, "rule": self.rule}
         if self.rule == "mixture":
             overrides["mixture_weight"] = self.mixture_weight
         reweighter, info = train_reweighter(ctx, overrides, self.reweighter_overrides)
         rule = trained_rule(info["artifact"])  # decode through the rule it was trained through
         info["rule"] = rule.signature()
+        info.update(demo_info)
         return MethodOutput(self._decode(ctx, test_prompts(ctx), reweighter=reweighter, rule=rule), info)
 
 
@@ -289,7 +306,7 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
                 if not isinstance(probe, TrainedCombination):
                     raise ValueError(f"method {spec['name']!r}: 'icl' applies to trained combinations (plugin, small, "
                                      "mixture); for prompting alone use icl-K")
-                kw["icl"] = int(spec["icl"])
+                kw["icl"] = demonstration_counts(spec["icl"])
             if spec.get("recipe") is not None and not (isinstance(probe, TrainedCombination) and probe.rule == "product"):
                 raise ValueError(f"method {spec['name']!r}: 'recipe' applies to plugin methods (the product rule)")
             if isinstance(probe, TrainedCombination) and probe.rule == "product":

@@ -1,0 +1,50 @@
+"""Choosing how many demonstrations a prompt holds, by the black box's own held-out outputs."""
+
+import pytest
+
+from logitplug import selection
+from logitplug.combine import BlackBoxOnly
+from logitplug.data import Example, PromptTemplate, draw_demonstrations
+from logitplug.decode import GenerationConfig
+from logitplug.selection import fix_demonstrations, text_metric_selector
+from tiny import tiny_blackbox
+
+TEMPLATE = PromptTemplate("t", "Attributes: {input}\nSentence:")
+ROWS = [Example(f"name[P{i}]", f"P{i} is a pub.") for i in range(12)]
+
+
+def test_the_count_with_the_best_held_out_score_is_fixed_in_the_template(monkeypatch):
+    bb = tiny_blackbox()
+    made = {}
+
+    def fake_selector(blackbox, template, held_out, metric, rule, generation=None, max_inputs=100):
+        assert isinstance(rule, BlackBoxOnly) and metric == "BLEU"  # the black box alone is scored
+        made[len(template.demos)] = template
+        return lambda rw: {0: 10.0, 1: 30.0, 3: 20.0}[len(template.demos)]
+
+    monkeypatch.setattr(selection, "text_metric_selector", fake_selector)
+    template, rest, info = fix_demonstrations(bb, TEMPLATE, ROWS, ROWS[:2], [3, 0, 1], seed=4)
+    assert info["demonstrations"] == 1 and info["demonstration_scores"] == {"0": 10.0, "1": 30.0, "3": 20.0}
+    demos, want_rest = draw_demonstrations(ROWS, 1, 4)  # the same draw as icl-1 with this seed
+    assert template.demos == ((demos[0].input, demos[0].target),) and rest == want_rest
+    assert len(rest) == len(ROWS) - 1 and demos[0] not in rest
+    # ties go to fewer demonstrations; one count is taken as given, nothing decoded
+    monkeypatch.setattr(selection, "text_metric_selector", lambda *a, **k: (lambda rw: 5.0))
+    assert fix_demonstrations(bb, TEMPLATE, ROWS, ROWS[:2], (1, 3), seed=4)[2]["demonstrations"] == 1
+    monkeypatch.setattr(selection, "text_metric_selector", None)
+    template, rest, info = fix_demonstrations(bb, TEMPLATE, ROWS, ROWS[:2], 2, seed=4)
+    assert len(template.demos) == 2 and info == {"demonstrations": 2}
+    assert fix_demonstrations(bb, TEMPLATE, ROWS, ROWS[:2], 0, seed=4)[:2] == (TEMPLATE, ROWS)
+    with pytest.raises(ValueError, match=">= 0"):
+        fix_demonstrations(bb, TEMPLATE, ROWS, ROWS[:2], (-1, 2), seed=4)
+
+
+def test_the_scores_are_the_black_boxs_real_held_out_metric():
+    bb = tiny_blackbox()
+    gen = GenerationConfig(max_new_tokens=8)
+    _, _, info = fix_demonstrations(bb, TEMPLATE, ROWS, ROWS[:3], (0, 2), seed=1, generation=gen, metric="ROUGE-L",
+                                    max_inputs=3)
+    demos, _ = draw_demonstrations(ROWS, 2, 1)
+    direct = text_metric_selector(bb, TEMPLATE.with_demonstrations(demos), ROWS[:3], "ROUGE-L", BlackBoxOnly(), gen, 3)
+    assert info["demonstration_scores"]["2"] == pytest.approx(round(direct(None), 4))
+    assert set(info["demonstration_scores"]) == {"0", "2"}
