@@ -206,6 +206,8 @@ def test_plugin_methods_start_from_a_recipe_and_its_settings_key_follows_it(tiny
     assert paper.icl == 0 and "copy_augment" not in paper.train_overrides and paper.recipe_settings() is None
     own = make_method({"name": "p", "method": "plugin", "icl": 0, "train": {"copy_augment": 0.1}})
     assert own.icl == 0 and own.train_overrides["copy_augment"] == 0.1  # the variant's own settings win
+    # a variant with its own demonstration count does not go stale when the recipe's count changes
+    assert "demonstrations" not in own.recipe_settings() and "demonstrations" in default.recipe_settings()
     assert make_method("small").icl == 0 and make_method("mixture-0.5").train_overrides == {}  # baselines: the paper's
     with pytest.raises(ValueError, match="'recipe' applies to plugin"):
         make_method({"name": "s", "method": "small", "recipe": "paper"})

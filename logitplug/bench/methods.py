@@ -71,6 +71,7 @@ class Method(ABC):
         # trained methods: this many fixed demonstrations in every prompt, in training too
         # (several counts: the one whose prompt alone scores best on validation)
         self.icl = demonstration_counts(base.demonstrations if icl is None else icl)
+        self._own_icl = icl is not None
         self.train_overrides = {**base.train, **(train or {})}
         self.reweighter_overrides = {**base.reweighter, **(reweighter or {})}
         self.lora_overrides = dict(lora or {})
@@ -84,7 +85,10 @@ class Method(ABC):
         finished cell goes stale when the recipe behind its name changes."""
         if self.recipe is None or self.recipe.name == "paper":
             return None
-        return {"recipe": self.recipe.name, **self.recipe.settings()}
+        settings = {"recipe": self.recipe.name, **self.recipe.settings()}
+        if self._own_icl:  # the variant's own count: the recipe's does not matter
+            settings.pop("demonstrations")
+        return settings
 
     def _decode(self, ctx: CellContext, prompts: list[list[int]], blackbox=None, reweighter=None, rule=None) -> list[str]:
         config = replace(ctx.generation, **self.generation_overrides)
