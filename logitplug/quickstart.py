@@ -60,7 +60,7 @@ def run_quickstart(
     # a blank line ends an answer (no E2E reference holds one; demonstrations are separated by one)
     gcfg = GenerationConfig(max_new_tokens=64, repetition_penalty=1.1, batch_size=8, stop_strings=("\n\n",))
     prompted, train_set, demo_info = fix_demonstrations(bb, template, train_set, eval_set, chosen.demonstrations, seed,
-                                                        gcfg)
+                                                        gcfg, max_inputs=50)
     if "demonstration_scores" in demo_info:
         print(f"demonstrations: {demo_info['demonstrations']} (validation BLEU of the black box alone by count: "
               f"{demo_info['demonstration_scores']})")

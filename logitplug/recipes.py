@@ -36,10 +36,11 @@ RECIPES: dict[str, Recipe] = {
     ),
     "logitplug": Recipe(
         "logitplug",
-        "the paper's plugin on top of one fixed demonstration drawn from the training rows, reweighting only "
-        "the black box's top-20 tokens (plus a rest bucket), trained with half of the rows' copied names "
-        "replaced by pseudo-names (so the plugin leaves copying to the black box)",
-        demonstrations=1,
+        "the paper's plugin on top of fixed demonstrations drawn from the training rows (1 or 3, whichever "
+        "makes the black box alone score best on held-out inputs), reweighting only the black box's top-20 "
+        "tokens (plus a rest bucket), trained with half of the rows' copied names replaced by pseudo-names "
+        "(so the plugin leaves copying to the black box)",
+        demonstrations=(1, 3),
         # max_length: room for the demonstration in long-output tasks
         train={"copy_augment": 0.5, "support_k": 20, "max_length": 512},
     ),
