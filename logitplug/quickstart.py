@@ -1,7 +1,7 @@
 """The main job: adapt a black box to E2E NLG (cleaned) and show the effect against zero-shot.
 
 Follows the paper's protocol (train on the validation split's 60% by input, early-stop on the
-other 40%, test on the test split), subsampled so that the whole job fits in about a quarter of an
+other 40%, test on the test split), subsampled so that the whole job fits in about half an
 hour on two CPU cores. The plugin is trained with a named recipe (default: the library's
 default); when the recipe puts demonstrations in the prompt, the black box alone with that same
 prompt is shown too, so the plugin's own share of the gain is visible. Every number it prints is
