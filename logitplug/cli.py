@@ -190,19 +190,15 @@ def train(
             eval_rows, train_rows = split_by_input(train_rows, eval_fraction, seed)
             if not eval_rows or not train_rows:
                 _fail("too few distinct inputs to split off a held-out set; pass --eval-file")
+    from .selection import demonstration_counts, fix_demonstrations
+
     try:
-        counts = demonstrations if isinstance(demonstrations, (int, tuple)) else \
-            tuple(int(k) for k in str(demonstrations).split(","))
-        if isinstance(counts, tuple):
-            counts = counts[0] if len(counts) == 1 else counts
-        if min((counts,) if isinstance(counts, int) else counts) < 0:
-            raise ValueError
+        counts = demonstration_counts(demonstrations)  # "1,3" from the command line, or the recipe's
     except ValueError:
         _fail(f"--demonstrations must be a count >= 0 or comma-separated counts, got {demonstrations!r}")
     bb = _load_bb(blackbox, endpoint_model, tokenizer)
     if counts:
         from .decode import GenerationConfig
-        from .selection import fix_demonstrations
 
         try:
             tmpl, train_rows, chosen = fix_demonstrations(

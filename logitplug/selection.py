@@ -46,6 +46,19 @@ def text_metric_selector(
     return score
 
 
+def demonstration_counts(value: int | str | Sequence[int]) -> int | tuple[int, ...]:
+    """A demonstration count, or sorted candidate counts to choose among on held-out data, from an
+    int, a sequence or text such as ``"1,3"``; a ValueError names what is wrong."""
+    try:
+        parts = value.split(",") if isinstance(value, str) else value
+        counts = tuple(sorted({int(k) for k in parts})) if isinstance(parts, (list, tuple)) else (int(parts),)
+    except (TypeError, ValueError):
+        counts = ()
+    if not counts or counts[0] < 0:
+        raise ValueError(f"demonstrations must be a count >= 0 or several counts, got {value!r}")
+    return counts[0] if len(counts) == 1 else counts
+
+
 def fix_demonstrations(
     blackbox: BlackBox,
     template: PromptTemplate,
@@ -65,9 +78,8 @@ def fix_demonstrations(
     and the black box (SmolLM2 on E2E writes best after one and rambles after three, while on
     WebNLG and CommonGen three beat one by far), and a plugin trained on top of the best prompt
     starts from the best place. Ties go to fewer demonstrations (shorter prompts)."""
-    options = [int(counts)] if isinstance(counts, int) else sorted({int(k) for k in counts})
-    if not options or min(options) < 0:
-        raise ValueError(f"demonstration counts must be >= 0, got {counts!r}")
+    chosen = demonstration_counts(counts)
+    options = [chosen] if isinstance(chosen, int) else list(chosen)
     scores: dict[int, float] = {}
     if len(options) > 1:
         for k in options:

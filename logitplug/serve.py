@@ -162,10 +162,18 @@ def create_app(
                 ids = prefix_ids + tok(prompt, add_special_tokens=not prefix_ids)["input_ids"]
             if len(ids) == len(prefix_ids):
                 raise ServeError(400, "the prompt is empty")
-        if len(ids) - len(prefix_ids) > cfg.max_prompt_tokens:
-            raise ServeError(400, f"the prompt has {len(ids) - len(prefix_ids)} tokens; this server accepts at most "
-                                  f"{cfg.max_prompt_tokens}")
+        check_prompt(len(ids) - len(prefix_ids))
         return ids, len(prefix_ids)
+
+    def check_prompt(client_tokens: int) -> None:
+        if client_tokens > cfg.max_prompt_tokens:
+            raise ServeError(400, f"the prompt has {client_tokens} tokens; this server accepts at most "
+                                  f"{cfg.max_prompt_tokens}")
+
+    def check_context(total_tokens: int, hidden_tokens: int, max_tokens: int) -> None:
+        if total_tokens + max_tokens > blackbox.max_context:
+            raise ServeError(400, f"prompt ({total_tokens}{' with the server prefix' if hidden_tokens else ''}) + "
+                                  f"max_tokens ({max_tokens}) exceeds the context window of {blackbox.max_context} tokens")
 
     def run(ids: list[int], max_tokens: int, temperature: float, top_p: float, stop, seed, top: int) -> Generation:
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
@@ -205,9 +213,7 @@ def create_app(
         ids, hidden = encode(req.prompt)
         if req.max_tokens == 0 and not req.echo:
             raise ServeError(400, "max_tokens=0 returns nothing unless echo=true")
-        if len(ids) + req.max_tokens > blackbox.max_context:
-            raise ServeError(400, f"prompt ({len(ids)}{' with the server prefix' if hidden else ''}) + max_tokens "
-                                  f"({req.max_tokens}) exceeds the context window of {blackbox.max_context} tokens")
+        check_context(len(ids), hidden, req.max_tokens)
         top = req.logprobs or 0
         tokens: list[int] = []
         steps: list[TokenLogprobs | None] = []
@@ -266,12 +272,8 @@ def create_app(
         if cfg.prefix_messages:  # after the client's system message, if any
             head = 1 if messages[0]["role"] == "system" else 0
             ids = chat_ids(messages[:head] + [dict(m) for m in cfg.prefix_messages] + messages[head:])
-        if len(client_ids) > cfg.max_prompt_tokens:
-            raise ServeError(400, f"the prompt has {len(client_ids)} tokens; this server accepts at most "
-                                  f"{cfg.max_prompt_tokens}")
-        if len(ids) + max_tokens > blackbox.max_context:
-            raise ServeError(400, f"prompt ({len(ids)}{' with the server prefix' if len(ids) > len(client_ids) else ''}) "
-                                  f"+ max_tokens ({max_tokens}) exceeds the context window of {blackbox.max_context} tokens")
+        check_prompt(len(client_ids))
+        check_context(len(ids), len(ids) - len(client_ids), max_tokens)
         g = run(ids, max_tokens, req.temperature, req.top_p, req.stop, req.seed, top or (1 if req.logprobs else 0))
         logprobs = None
         if req.logprobs:

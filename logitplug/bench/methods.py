@@ -25,7 +25,7 @@ from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import LogitDifference, Reweighter, ReweighterConfig
-from ..selection import fix_demonstrations, text_metric_selector
+from ..selection import demonstration_counts, fix_demonstrations, text_metric_selector
 from ..train import TrainConfig, train, trained_rule
 
 
@@ -134,18 +134,6 @@ class InContext(Method):
         demos, _ = draw_demonstrations(ctx.train, self.shots, ctx.seed)
         prompts = test_prompts(ctx, demos)
         return MethodOutput(self._decode(ctx, prompts), {"demonstrations": [asdict(d) for d in demos]})
-
-
-def demonstration_counts(value: Any) -> int | tuple[int, ...]:
-    """A demonstration count, or candidate counts to choose among on validation."""
-    if isinstance(value, (list, tuple)):
-        counts = tuple(sorted({int(k) for k in value}))
-        if not counts or counts[0] < 0:
-            raise ValueError(f"demonstration counts must be >= 0, got {value!r}")
-        return counts[0] if len(counts) == 1 else counts
-    if int(value) < 0:
-        raise ValueError(f"demonstration counts must be >= 0, got {value!r}")
-    return int(value)
 
 
 def with_demonstrations(ctx: CellContext, k: int | tuple[int, ...]) -> tuple[CellContext, dict[str, Any]]:
