@@ -137,6 +137,7 @@ def train(
     max_length: int = typer.Option(256, help=_help(_T, "max_length")),
     rule: str = typer.Option("product", help=_help(_T, "rule")),
     alpha: float = typer.Option(1.0, help=_help(_T, "alpha")),
+    alpha_grid: str = typer.Option("", help=_help(_T, "alpha_grid") + " (comma-separated, e.g. '0.25,0.5,1')"),
     mixture_weight: float = typer.Option(0.5, help=_help(_T, "mixture_weight")),
     support_k: int = typer.Option(0, help=_help(_T, "support_k")),
     select_by: str = typer.Option("loss", help=_help(_T, "select_by")),
@@ -166,6 +167,11 @@ def train(
 
     o = _apply_recipe(ctx, recipe, {k: v for k, v in locals().items() if k not in ("ctx", "recipe")})
     demonstrations = o["demonstrations"]
+    if isinstance(o["alpha_grid"], str):
+        try:
+            o["alpha_grid"] = tuple(float(a) for a in o["alpha_grid"].split(",") if a.strip())
+        except ValueError:
+            _fail(f"--alpha-grid takes comma-separated numbers, got {o['alpha_grid']!r}")
 
     try:
         if (task is None) == (train_file is None):

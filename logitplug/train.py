@@ -7,6 +7,7 @@ the loss is the cross-entropy of the *combined* distribution on response tokens 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -79,6 +80,12 @@ class TrainConfig:
                           "the black box's distribution (proxy-tuning's anti-expert; needs rule=reweighter)"},
     )
     alpha: float = field(default=1.0, metadata={"help": "product-rule strength"})
+    alpha_grid: tuple[float, ...] = field(
+        default=(),
+        metadata={"help": "product rules: strengths tried at every held-out evaluation (post hoc, on the same weights); "
+                          "the lowest held-out loss picks epoch and strength together, and the plugin decodes with it. "
+                          "Empty: decode with `alpha`"},
+    )
     support_k: int = field(
         default=0, metadata={"help": "rule=product only: reweight only the black box's top-k tokens plus a rest bucket "
                                      "(0: the whole vocabulary, the paper's rule)"}
@@ -124,6 +131,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.copy_augment must be in [0, 1], got {self.copy_augment!r}")
         if self.objective not in ("mle", "distill"):
             raise ValueError(f"TrainConfig.objective must be 'mle' or 'distill', got {self.objective!r}")
+        self.alpha_grid = tuple(float(a) for a in self.alpha_grid)
+        if self.alpha_grid and (self.rule != "product" or self.select_by != "loss"
+                                or not all(math.isfinite(a) and a >= 0 for a in self.alpha_grid)):
+            raise ValueError("TrainConfig.alpha_grid needs rule='product', select_by='loss' and finite strengths >= 0, "
+                             f"got {self.alpha_grid!r}")
         if self.objective == "distill" and self.rule != "reweighter":
             raise ValueError("TrainConfig.objective='distill' trains the reweighter alone: set rule='reweighter'")
 
@@ -236,10 +248,15 @@ def _nll(rule, bb: torch.Tensor, rw: torch.Tensor | None, targets: torch.Tensor,
     return -combined.gather(-1, targets[:, None]).sum()
 
 
-def _evaluate(model, accelerator, source, rule, encoded, batch_size, objective="mle") -> tuple[float, float]:
-    """Held-out mean NLL per target token: (combined, black box alone), reduced over processes."""
+def _evaluate(model, accelerator, source, rule, encoded, batch_size, objective="mle",
+              alphas: Sequence[float] = ()) -> tuple[float, float, list[float]]:
+    """Held-out mean NLL per target token: (combined, black box alone, combined at each of
+    ``alphas``: the same weights with the rule's strength set to each), reduced over processes."""
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64)
+    scaled = [copy.copy(rule) for _ in alphas]
+    for r, a in zip(scaled, alphas):
+        r.alpha = float(a)
+    sums = torch.zeros(3 + len(alphas), dtype=torch.float64)
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(len(encoded)))[rank::world]
     with torch.no_grad():
@@ -253,9 +270,11 @@ def _evaluate(model, accelerator, source, rule, encoded, batch_size, objective="
             sums[0] += _nll(rule, bb, rw, targets, objective).double().cpu()
             sums[1] += -bb.gather(-1, targets[:, None]).sum().double().cpu()
             sums[2] += targets.numel()
+            for j, r in enumerate(scaled):
+                sums[3 + j] += _nll(r, bb, rw, targets, objective).double().cpu()
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
     model.train()
-    return float(sums[0] / sums[2]), float(sums[1] / sums[2])
+    return float(sums[0] / sums[2]), float(sums[1] / sums[2]), [float(x / sums[2]) for x in sums[3:]]
 
 
 def train(
@@ -361,11 +380,17 @@ def train(
 
     def consider(epoch: int, train_loss: float | None, t0: float) -> None:
         """Evaluate the current weights after ``epoch`` (0: before training) and keep them if best."""
-        eval_loss, bb_loss = _evaluate(model, accelerator, source, rule, eval_enc, config.batch_size, config.objective)
+        eval_loss, bb_loss, scaled = _evaluate(model, accelerator, source, rule, eval_enc, config.batch_size,
+                                               config.objective, config.alpha_grid)
         record = {"epoch": epoch, "step": state.global_step, "eval_loss": eval_loss,
                   "blackbox_eval_loss": bb_loss, "train_loss": train_loss if train_loss is not None else math.nan,
                   "epoch_seconds": time.perf_counter() - t0}
-        criterion, shown = eval_loss, ""
+        criterion, shown, alpha = eval_loss, "", config.alpha
+        if config.alpha_grid:
+            record["eval_loss_by_alpha"] = {f"{a:g}": v for a, v in zip(config.alpha_grid, scaled)}
+            alpha, eval_loss = min(zip(config.alpha_grid, scaled), key=lambda av: (av[1], -av[0]))
+            record["alpha"], record["eval_loss"] = alpha, eval_loss
+            criterion, shown = eval_loss, f" at strength {alpha:g}"
         if config.select_by != "loss":
             model.eval()
             score = float(selector(accelerator.unwrap_model(model)))  # type: ignore[misc]
@@ -373,14 +398,15 @@ def train(
             record[f"validation_{config.select_by}"] = score
             criterion, shown = -score, f", validation {config.select_by} {score:.2f}"
         state.history.append(record)
-        accelerator.print(f"epoch {epoch}: held-out loss {eval_loss:.4f} (black box alone {bb_loss:.4f}){shown}")
+        accelerator.print(f"epoch {epoch}: held-out loss {eval_loss:.4f}{shown} (black box alone {bb_loss:.4f})")
         if criterion < state.best_criterion - 1e-4:
             state.best_criterion, state.best_loss = criterion, eval_loss
             state.best_epoch, state.bad_epochs = epoch, 0
             if accelerator.is_main_process:
                 accelerator.unwrap_model(model).save_pretrained(
                     out / BEST_DIR, blackbox.fingerprint,
-                    {**run_info, "best_epoch": state.best_epoch, "eval_loss": eval_loss,
+                    {**run_info, "train_config": {**run_info["train_config"], "alpha": alpha},  # decode as selected
+                     "best_epoch": state.best_epoch, "eval_loss": eval_loss,
                      "selection": {"by": config.select_by, "value": -criterion if config.select_by != "loss" else eval_loss}},
                 )
         elif epoch > 0:

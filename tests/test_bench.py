@@ -51,6 +51,9 @@ def _raw(tiny_dir, out, **kw):
     ({"seeds": ["a"]}, "seeds"),
     ({"metrics": ["BLEURT"]}, "unknown metric"),
     ({"colour": "blue"}, r"unknown key\(s\) \['colour'\]"),
+    ({"task_generation": {"e2e": {"max_new_tokens": 9}}}, "not in 'tasks'"),
+    ({"task_generation": {"commongen": {"max_new_tokens": 0}}}, "task_generation.commongen"),
+    ({"data": {"validation_rows": 6, "validation_inputs": 3}}, "not both"),
 ])
 def test_bad_config_is_refused_before_any_work(tiny_dir, tmp_path, change, message):
     with pytest.raises(BenchConfigError, match=message):
@@ -227,3 +230,24 @@ def test_model_keys_ignore_settings_left_at_their_defaults():
     assert _changed(TrainConfig(output_dir="x")) == {"output_dir": "x"}  # a new field with a neutral default keeps keys
     assert _changed(TrainConfig(output_dir="x", copy_augment=0.5)) == {"output_dir": "x", "copy_augment": 0.5}
     assert _changed(ReweighterConfig()) == {}
+
+
+def test_validation_by_input_keeps_every_reference_and_task_generation_overrides_one_task(tiny_dir, tmp_path):
+    from logitplug.bench.runner import prepare_task, settings_key
+    from logitplug.data import group_by_input
+
+    raw = _raw(tiny_dir, tmp_path / "out", data={"train_rows": 12, "validation_inputs": 5, "test_inputs": 3})
+    cfg = parse_config(raw)
+    validation = prepare_task(cfg, "commongen").validation
+    groups = group_by_input(validation)
+    assert len(groups) == 5 and len(validation) > 5  # CommonGen: several references per concept set
+    from logitplug.data import load_task
+    full = {ex.input: ex.references for ex in group_by_input(load_task("commongen")["validation"])}
+    assert all(set(g.references) == set(full[g.input]) for g in groups)
+
+    plain = parse_config(_raw(tiny_dir, tmp_path / "out"))
+    longer = parse_config(_raw(tiny_dir, tmp_path / "out", task_generation={"commongen": {"max_new_tokens": 9}}))
+    assert longer.generation_for("commongen") == {"max_new_tokens": 9, "batch_size": 4}
+    method = plain.methods[0]
+    assert settings_key(longer, method, "commongen") != settings_key(plain, method, "commongen")
+    assert settings_key(longer, method, "e2e") == settings_key(plain, method, "e2e")  # other tasks keep their cells

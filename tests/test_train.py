@@ -215,3 +215,27 @@ def test_a_zero_initialised_plugin_is_kept_only_if_training_beats_the_black_box(
     # a learning rate far too high for this data: whatever it learns, the kept plugin is no worse than the black box
     bad = train(bb, EXAMPLES, EXAMPLES[4:8], TEMPLATE, _config(tmp_path / "bad", epochs=2, lr=5.0), zero)
     assert bad.best_loss <= bad.blackbox_loss + 1e-5
+
+
+def test_alpha_grid_picks_the_strength_with_the_lowest_held_out_loss_and_the_plugin_decodes_with_it(tmp_path):
+    from logitplug.train import trained_rule
+
+    bb = tiny_blackbox()
+    # held-out rows unlike the training rows: full strength overshoots, a weaker one is best
+    held_out = [Example(f"name[{w}], n[{i}]", f"The {w} is not near anything.") for i, w in enumerate(WORDS)]
+    grid = (0.0, 0.25, 0.5, 1.0)
+    result = train(bb, EXAMPLES, held_out, TEMPLATE, _config(tmp_path, epochs=3, alpha_grid=grid), SMALL)
+    for record in result.history:
+        by_alpha = record["eval_loss_by_alpha"]
+        assert set(by_alpha) == {"0", "0.25", "0.5", "1"}
+        assert by_alpha["0"] == pytest.approx(record["blackbox_eval_loss"], rel=1e-5)  # strength 0: the black box
+        assert record["eval_loss"] == min(by_alpha.values())
+        assert by_alpha[f"{record['alpha']:g}"] == record["eval_loss"]
+    best = min(result.history, key=lambda r: r["eval_loss"])
+    assert result.best_loss == pytest.approx(best["eval_loss"])
+    rule = trained_rule(result.plugin_dir)
+    assert rule.alpha == best["alpha"]
+    with pytest.raises(ValueError, match="alpha_grid"):
+        _config(tmp_path, alpha_grid=(0.5,), select_by="BLEU")
+    with pytest.raises(ValueError, match="alpha_grid"):
+        _config(tmp_path, alpha_grid=(-1.0,))

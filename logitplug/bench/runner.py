@@ -31,8 +31,8 @@ from .methods import CellContext, Method, make_method
 from .report import write_report
 
 CONFIG_KEYS = {"name", "output_dir", "tasks", "blackboxes", "methods", "seeds", "data", "generation", "train",
-               "reweighter", "lora", "grid", "templates", "metrics", "recipe"}
-DATA_KEYS = {"data_dir", "train_rows", "validation_rows", "test_inputs", "split_seed"}
+               "reweighter", "lora", "grid", "templates", "metrics", "recipe", "task_generation"}
+DATA_KEYS = {"data_dir", "train_rows", "validation_rows", "validation_inputs", "test_inputs", "split_seed"}
 
 
 class BenchConfigError(ValueError):
@@ -49,6 +49,8 @@ class BenchConfig:
     seeds: list[int]
     data: dict[str, Any] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
+    # per-task overrides of ``generation`` (Adidas descriptions need more tokens than E2E's)
+    task_generation: dict[str, dict[str, Any]] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     reweighter: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +64,10 @@ class BenchConfig:
     def sweep(self) -> bool:
         """Whether data.train_rows lists several sizes (a data-size sweep)."""
         return isinstance(self.data.get("train_rows"), list)
+
+    def generation_for(self, task: str | None) -> dict[str, Any]:
+        """The decoding settings of ``task``: the shared ones with the task's overrides on top."""
+        return {**self.generation, **self.task_generation.get(task or "", {})}
 
     def sizes(self) -> list[int | None]:
         rows = self.data.get("train_rows")
@@ -119,6 +125,20 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
         GenerationConfig(**generation)
     except (TypeError, ValueError) as e:
         raise BenchConfigError(f"{where}: generation: {e}") from None
+    task_generation = {}
+    _need(isinstance(raw.get("task_generation") or {}, dict), f"{where}: 'task_generation' must map task names to settings")
+    for task, values in (raw.get("task_generation") or {}).items():
+        _need(task in raw["tasks"], f"{where}: task_generation given for task {task!r}, which is not in 'tasks'")
+        task_generation[task] = _check_section(f"task_generation.{task}", values, GenerationConfig, where)
+        try:
+            GenerationConfig(**{**generation, **task_generation[task]})
+        except (TypeError, ValueError) as e:
+            raise BenchConfigError(f"{where}: task_generation.{task}: {e}") from None
+    for key in ("validation_rows", "validation_inputs", "test_inputs"):
+        _need(data.get(key) is None or (isinstance(data[key], int) and data[key] > 0),
+              f"{where}: data.{key} must be a positive integer or null")
+    _need(not (data.get("validation_rows") and data.get("validation_inputs")),
+          f"{where}: give data.validation_rows or data.validation_inputs, not both")
     train = _check_section("train", raw.get("train"), TrainConfig, where)
     reweighter = _check_section("reweighter", raw.get("reweighter"), ReweighterConfig, where)
     lora = _check_section("lora", raw.get("lora"), LoraTrainConfig, where)
@@ -145,7 +165,7 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
     return BenchConfig(
         name=str(raw.get("name", out.name)), output_dir=out, tasks=list(raw["tasks"]),
         blackboxes=[str(b) for b in raw["blackboxes"]], methods=methods, seeds=seeds, data=data,
-        generation=generation, train=train, reweighter=reweighter, lora=lora, grid=grid, templates=templates,
+        generation=generation, task_generation=task_generation, train=train, reweighter=reweighter, lora=lora, grid=grid, templates=templates,
         metrics=list(metrics), source=raw,
     )
 
@@ -185,14 +205,14 @@ def cell_path(cfg: BenchConfig, task: str, blackbox: str, method: str, seed: int
     return cfg.output_dir / "cells" / task / blackbox_label(blackbox) / _slug(method) / f"{tail}.json"
 
 
-def settings_key(cfg: BenchConfig, method: Method) -> str:
+def settings_key(cfg: BenchConfig, method: Method, task: str | None = None) -> str:
     """What a cell's result depends on besides (task, black box, method name, seed): a finished
     cell made with other settings is stale and runs again."""
     from .methods import _key
 
     spec = next((m for m in cfg.source.get("methods", []) if (m if isinstance(m, str) else m.get("name")) == method.name),
                 method.name)
-    parts = [spec, cfg.data, cfg.generation, cfg.train, cfg.reweighter, cfg.lora, cfg.grid, cfg.templates, cfg.metrics]
+    parts = [spec, cfg.data, cfg.generation_for(task), cfg.train, cfg.reweighter, cfg.lora, cfg.grid, cfg.templates, cfg.metrics]
     recipe = method.recipe_settings()
     return _key(*parts, recipe) if recipe is not None else _key(*parts)
 
@@ -233,7 +253,13 @@ def prepare_task(cfg: BenchConfig, task: str, train_rows: int | None = None) -> 
         return rows[:n]
 
     train = cut(splits["train"], train_rows, 1)
-    validation = cut(splits["validation"], cfg.data.get("validation_rows"), 2)
+    if cfg.data.get("validation_inputs"):
+        # whole inputs with all their references: a text metric on validation then sees every
+        # reference, as on test (a cut by rows leaves multi-reference tasks 1-2 per input)
+        kept = cut(group_by_input(splits["validation"]), cfg.data["validation_inputs"], 2)
+        validation = [Example(ex.input, ref) for ex in kept for ref in ex.references]
+    else:
+        validation = cut(splits["validation"], cfg.data.get("validation_rows"), 2)
     test = group_by_input(splits["test"])
     n_test = cfg.data.get("test_inputs")
     test = test[:n_test] if n_test else test
@@ -269,7 +295,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
              for s in (cfg.seeds if m.seeded else [None])]
     todo = [c for c in cells
             if not _is_done(cell_path(cfg, c[0], c[1], c[2].name, c[3], c[4] if c[2].uses_training_data else None),
-                            settings_key(cfg, c[2]))]
+                            settings_key(cfg, c[2], c[0]))]
     if only_report:
         todo = []
     print(f"bench {cfg.name}: {len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run "
@@ -291,7 +317,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             template = TEMPLATES[f"{template.name}-chat"]
         ctx = CellContext(
             blackbox=bb, task=task, train=data.train, validation=data.validation, test=data.test, template=template,
-            seed=cfg.seeds[0] if seed is None else seed, generation=GenerationConfig(**cfg.generation),
+            seed=cfg.seeds[0] if seed is None else seed, generation=GenerationConfig(**cfg.generation_for(task)),
             models_dir=cfg.output_dir / "models" / task / blackbox_label(bb_name), train_overrides=cfg.train,
             reweighter_overrides=cfg.reweighter, lora_overrides=cfg.lora, grid=cfg.grid, progress=progress,
         )
@@ -303,7 +329,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             "seed": seed, "template": template.name, "train_rows": len(data.train),
             "validation_rows": len(data.validation), "test_inputs": len(data.test),
             "scores": score(cfg, task, data, result.outputs), "wall_seconds": seconds, "info": result.info,
-            "settings_key": settings_key(cfg, method),
+            "settings_key": settings_key(cfg, method, task),
             "generations": [{"input": ex.input, "output": o} for ex, o in zip(data.test, result.outputs)],
         }
         record["sweep_size"] = size if cfg.sweep and method.uses_training_data else None
