@@ -82,6 +82,12 @@ def _task_splits(task: str, data_dir: Optional[Path], seed: int):
 _CLI_NAME = {"num_layers": "layers", "hidden_size": "hidden", "num_heads": "heads", "intermediate_size": "ffn"}
 
 
+def _given(ctx: typer.Context, option: str) -> bool:
+    """Whether the user set ``option`` on the command line (not left at its default)."""
+    source = ctx.get_parameter_source(option)  # typer vendors click: compare the enum by name
+    return source is not None and source.name != "DEFAULT"
+
+
 def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
     """``values`` (the command's options) with the recipe's settings wherever the user left an
     option at its default: explicit options always win."""
@@ -95,12 +101,14 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
               **{_CLI_NAME.get(k, k): v for k, v in recipe.reweighter.items()}}
     out = dict(values)
     if values.get("rule", "product") != "product":
-        wanted.pop("support_k", None)  # a product-rule setting: other rules keep the user's value
+        wanted.pop("support_k", None)  # product-rule settings: other rules keep the user's value
+        wanted.pop("alpha_grid", None)
+    if values.get("select_by", "loss") != "loss":
+        wanted.pop("alpha_grid", None)  # strengths are chosen by held-out loss
     for option, value in wanted.items():
         if option not in out:
             raise KeyError(f"recipe {name!r} sets {option!r}, which `train` has no option for")
-        source = ctx.get_parameter_source(option)  # typer vendors click: compare the enum by name
-        if source is None or source.name == "DEFAULT":
+        if not _given(ctx, option):
             out[option] = value
     return out
 
@@ -167,6 +175,8 @@ def train(
 
     o = _apply_recipe(ctx, recipe, {k: v for k, v in locals().items() if k not in ("ctx", "recipe")})
     demonstrations = o["demonstrations"]
+    if _given(ctx, "alpha") and not _given(ctx, "alpha_grid"):
+        o["alpha_grid"] = ()  # a strength the user fixes is not searched over
     if isinstance(o["alpha_grid"], str):
         try:
             o["alpha_grid"] = tuple(float(a) for a in o["alpha_grid"].split(",") if a.strip())

@@ -154,7 +154,7 @@ def test_topk_black_boxes_are_named_and_train_over_their_support(tiny_dir, tmp_p
     raw = _raw(tiny_dir, tmp_path / "out", methods=["plugin"], seeds=[0], blackboxes=[f"{tiny_dir}@top5"])
     run_bench(parse_config(raw), progress=False)
     rec = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb@top5" / "plugin" / "seed0.json").read_text())
-    assert rec["info"]["rule"] == "rule:product-topk|k:5|alpha:1"
+    assert rec["info"]["rule"].startswith("rule:product-topk|k:5|alpha:")  # strength: chosen on validation
     assert rec["blackbox_fingerprint"].startswith("tiny-bb@top5|")
     with pytest.raises(BenchConfigError, match="unknown black box"):
         parse_config(_raw(tiny_dir, tmp_path / "x", blackboxes=["nothing@top5"]))

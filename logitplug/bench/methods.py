@@ -72,7 +72,10 @@ class Method(ABC):
         # (several counts: the one whose prompt alone scores best on validation)
         self.icl = demonstration_counts(base.demonstrations if icl is None else icl)
         self._own_icl = icl is not None
+        self._own_train, self._own_reweighter = set(train or {}), set(reweighter or {})
         self.train_overrides = {**base.train, **(train or {})}
+        if (train or {}).get("select_by", "loss") != "loss" and "alpha_grid" not in (train or {}):
+            self.train_overrides.pop("alpha_grid", None)  # the recipe's strengths need selection by loss
         self.reweighter_overrides = {**base.reweighter, **(reweighter or {})}
         self.lora_overrides = dict(lora or {})
         self.generation_overrides = dict(generation or {})
@@ -86,8 +89,12 @@ class Method(ABC):
         if self.recipe is None or self.recipe.name == "paper":
             return None
         settings = {"recipe": self.recipe.name, **self.recipe.settings()}
-        if self._own_icl:  # the variant's own count: the recipe's does not matter
+        # what the variant sets itself does not depend on the recipe: changing the recipe's value
+        # of it leaves the variant's cells as they are
+        if self._own_icl:
             settings.pop("demonstrations")
+        settings["train"] = {k: v for k, v in settings["train"].items() if k not in self._own_train}
+        settings["reweighter"] = {k: v for k, v in settings["reweighter"].items() if k not in self._own_reweighter}
         return settings
 
     def _decode(self, ctx: CellContext, prompts: list[list[int]], blackbox=None, reweighter=None, rule=None) -> list[str]:
