@@ -211,6 +211,10 @@ def test_plugin_methods_start_from_a_recipe_and_its_settings_key_follows_it(tiny
     assert own.icl == 0 and own.train_overrides["copy_augment"] == 0.1  # the variant's own settings win
     # a variant with its own demonstration count does not go stale when the recipe's count changes
     assert "demonstrations" not in own.recipe_settings() and "demonstrations" in default.recipe_settings()
+    # ... nor when the recipe's value of a training setting the variant sets itself changes
+    assert "copy_augment" not in own.recipe_settings()["train"] and "copy_augment" in default.recipe_settings()["train"]
+    by_text = make_method({"name": "b", "method": "plugin", "train": {"select_by": "BLEU"}})
+    assert "alpha_grid" in default.train_overrides and "alpha_grid" not in by_text.train_overrides  # strengths need loss
     assert make_method("small").icl == 0 and make_method("mixture-0.5").train_overrides == {}  # baselines: the paper's
     with pytest.raises(ValueError, match="'recipe' applies to plugin"):
         make_method({"name": "s", "method": "small", "recipe": "paper"})
