@@ -102,6 +102,7 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
     out = dict(values)
     if values.get("rule", "product") != "product":
         wanted.pop("support_k", None)  # product-rule settings: other rules keep the user's value
+        wanted.pop("support_eos", None)
         wanted.pop("alpha_grid", None)
     if values.get("select_by", "loss") != "loss":
         wanted.pop("alpha_grid", None)  # strengths are chosen by held-out loss
@@ -148,6 +149,7 @@ def train(
     alpha_grid: str = typer.Option("", help=_help(_T, "alpha_grid") + " (comma-separated, e.g. '0.25,0.5,1')"),
     mixture_weight: float = typer.Option(0.5, help=_help(_T, "mixture_weight")),
     support_k: int = typer.Option(0, help=_help(_T, "support_k")),
+    support_eos: bool = typer.Option(False, help=_help(_T, "support_eos")),
     select_by: str = typer.Option("loss", help=_help(_T, "select_by")),
     select_inputs: int = typer.Option(100, help=_help(_T, "select_inputs")),
     copy_augment: float = typer.Option(0.0, help=_help(_T, "copy_augment")),
@@ -233,7 +235,7 @@ def train(
             from .decode import GenerationConfig
             from .selection import text_metric_selector
 
-            selector = text_metric_selector(bb, tmpl, eval_rows, tcfg.select_by, tcfg.combination(),
+            selector = text_metric_selector(bb, tmpl, eval_rows, tcfg.select_by, tcfg.combination(bb.tokenizer.eos_token_id),
                                             GenerationConfig(repetition_penalty=1.1), tcfg.select_inputs)
         result = run_train(bb, train_rows, eval_rows, tmpl, tcfg, rcfg, selector=selector)
     except TrainingInterrupted as e:
@@ -300,14 +302,8 @@ def generate(
             num_beams=num_beams, repetition_penalty=repetition_penalty, repetition_scope=repetition_scope,  # type: ignore[arg-type]
             stop_strings=tuple(stop), batch_size=batch_size, seed=seed,
         )
-        if rule is None and plugin is not None and (plugin / "logitplug.json").exists():
-            combination = trained_rule(plugin)
-        else:
-            combination = get_rule(rule or "product")
-        if alpha is not None:
-            if not hasattr(combination, "alpha"):
-                _fail(f"--alpha applies to product rules, not to {combination.name!r}")
-            combination.alpha = float(alpha)
+        from_plugin = rule is None and plugin is not None and (plugin / "logitplug.json").exists()
+        combination = None if from_plugin else get_rule(rule or "product")
     except ValueError as e:
         _fail(str(e))
     tmpl = None
@@ -329,6 +325,15 @@ def generate(
     else:
         rows = _examples(input_file, input_column, None)  # type: ignore[arg-type]
     bb = _load_bb(blackbox, endpoint_model, tokenizer)
+    try:
+        if combination is None:  # the rule the plugin was trained through (its EOS: this black box's)
+            combination = trained_rule(plugin, bb.tokenizer.eos_token_id)
+        if alpha is not None:
+            if not hasattr(combination, "alpha"):
+                _fail(f"--alpha applies to product rules, not to {combination.name!r}")
+            combination.alpha = float(alpha)
+    except ValueError as e:
+        _fail(str(e))
     rw = None
     if plugin is not None:
         try:
@@ -495,7 +500,7 @@ def serve(
     rw, rule, prefix = None, None, {}
     if plugin is not None:
         try:
-            rw, rule = Reweighter.from_pretrained(plugin, bb.fingerprint), trained_rule(plugin)
+            rw, rule = Reweighter.from_pretrained(plugin, bb.fingerprint), trained_rule(plugin, bb.tokenizer.eos_token_id)
         except (FileNotFoundError, TokenizerMismatchError, ValueError) as e:
             _fail(str(e))
         from .data import PromptTemplate

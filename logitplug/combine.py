@@ -73,6 +73,11 @@ class SupportProductRule(CombinationRule):
     Args:
         k (int): support size (closed APIs: at most 20).
         alpha (float, default 1.0): strength of the reweighting.
+        always (int, optional): a token id always in the support (the black box's EOS), beside
+            its k likeliest other tokens: a plugin can then end an answer where the black box,
+            primed by the prompt's format, would go on, which it cannot do through the rest bucket
+            (a boosted bucket is shared by the whole vocabulary). Every row's support has the
+            same size, k + 1.
 
     Examples:
         >>> import torch
@@ -80,24 +85,33 @@ class SupportProductRule(CombinationRule):
         >>> rw = torch.tensor([[0.0, 0.0, 0.0, 9.0]])  # tries to promote the least likely token
         >>> SupportProductRule(k=2)(bb, rw).argmax(-1).tolist()
         [0]
+        >>> SupportProductRule(k=2, always=3)(bb, rw).argmax(-1).tolist()  # ... which is EOS
+        [3]
         >>> torch.allclose(SupportProductRule(k=4)(bb, rw), ProductRule()(bb, rw))
         True
     """
 
     name = "product-topk"
 
-    def __init__(self, k: int = 20, alpha: float = 1.0):
+    def __init__(self, k: int = 20, alpha: float = 1.0, always: int | None = None):
         if int(k) < 1:
             raise ValueError(f"SupportProductRule k must be >= 1, got {k!r}")
         if not math.isfinite(alpha):
             raise ValueError(f"SupportProductRule alpha must be a finite number, got {alpha!r}")
         self.k, self.alpha = int(k), float(alpha)
+        self.always = None if always is None else int(always)
 
     def support_mask(self, bb_logprobs: torch.Tensor) -> torch.Tensor:
-        """(..., V) True on the black box's top-k tokens."""
-        k = min(self.k, bb_logprobs.shape[-1])
-        top = bb_logprobs.topk(k, dim=-1).indices
-        return torch.zeros_like(bb_logprobs, dtype=torch.bool).scatter(-1, top, True)
+        """(..., V) True on the black box's top-k tokens (other than ``always``), and on ``always``."""
+        scores = bb_logprobs
+        if self.always is not None:
+            scores = bb_logprobs.index_fill(-1, torch.tensor([self.always], device=bb_logprobs.device), -math.inf)
+        k = min(self.k, bb_logprobs.shape[-1] - (self.always is not None))
+        top = scores.topk(k, dim=-1).indices
+        mask = torch.zeros_like(bb_logprobs, dtype=torch.bool).scatter(-1, top, True)
+        if self.always is not None:
+            mask[..., self.always] = True
+        return mask
 
     def __call__(self, bb_logprobs, rw_logits):
         if rw_logits is None:
@@ -106,7 +120,8 @@ class SupportProductRule(CombinationRule):
         return torch.log_softmax(bb_logprobs.float() + self.alpha * rw, dim=-1)
 
     def signature(self) -> str:
-        return f"rule:product-topk|k:{self.k}|alpha:{self.alpha:g}"
+        extra = "" if self.always is None else f"|always:{self.always}"
+        return f"rule:product-topk|k:{self.k}|alpha:{self.alpha:g}{extra}"
 
 
 class BlackBoxOnly(CombinationRule):

@@ -81,7 +81,7 @@ def run_quickstart(
     runs = [("zero-shot", template, BlackBoxOnly(), None)]
     if prompted is not template:
         runs.append((f"{demo_info['demonstrations']}-shot", prompted, BlackBoxOnly(), None))
-    runs.append(("plugin", prompted, trained_rule(plugin_dir), plugin))
+    runs.append(("plugin", prompted, trained_rule(plugin_dir, bb.tokenizer.eos_token_id), plugin))
     outputs, scores = {}, {}
     for name, tmpl, rule, rw in runs:
         prompts = [encode_prompt(bb.tokenizer, tmpl, ex.input) for ex in test_set]

@@ -90,6 +90,10 @@ class TrainConfig:
         default=0, metadata={"help": "rule=product only: reweight only the black box's top-k tokens plus a rest bucket "
                                      "(0: the whole vocabulary, the paper's rule)"}
     )
+    support_eos: bool = field(
+        default=False, metadata={"help": "with support_k: the black box's EOS token is always in the support, so the plugin "
+                                         "can end an answer where the black box would go on"}
+    )
     mixture_weight: float = field(default=0.5, metadata={"help": "small-model weight for rule=mixture"})
     cache: bool = field(default=True, metadata={"help": "record black-box log-probs once and replay them"})
     cache_dir: str | None = field(default=None, metadata={"help": "log-prob cache folder (default: under LOGITPLUG_HOME)"})
@@ -127,6 +131,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.rule must be 'product', 'mixture' or 'reweighter', got {self.rule!r}")
         if self.support_k < 0 or (self.support_k and self.rule != "product"):
             raise ValueError("TrainConfig.support_k must be >= 0 and needs rule='product'")
+        if self.support_eos and not self.support_k:
+            raise ValueError("TrainConfig.support_eos adds EOS to a top-k support: it needs support_k > 0")
         if not 0 <= self.copy_augment <= 1:
             raise ValueError(f"TrainConfig.copy_augment must be in [0, 1], got {self.copy_augment!r}")
         if self.objective not in ("mle", "distill"):
@@ -139,10 +145,14 @@ class TrainConfig:
         if self.objective == "distill" and self.rule != "reweighter":
             raise ValueError("TrainConfig.objective='distill' trains the reweighter alone: set rule='reweighter'")
 
-    def combination(self):
-        """The rule this plugin is trained through, and should be decoded with."""
+    def combination(self, eos_token_id: int | None = None):
+        """The rule this plugin is trained through, and should be decoded with (``support_eos``
+        needs the black box's EOS id)."""
         if self.rule == "product" and self.support_k:
-            return get_rule("product-topk", k=self.support_k, alpha=self.alpha)
+            if self.support_eos and eos_token_id is None:
+                raise ValueError("support_eos: give the black box's eos_token_id to build the rule")
+            return get_rule("product-topk", k=self.support_k, alpha=self.alpha,
+                            always=eos_token_id if self.support_eos else None)
         if self.rule == "product":
             return get_rule("product", alpha=self.alpha)
         if self.rule == "mixture":
@@ -344,7 +354,7 @@ def train(
         cache_dir = Path(config.cache_dir) if config.cache_dir else logitplug_home() / "cache" / _slug(blackbox.fingerprint)
         cache = LogProbCache(cache_dir, blackbox.fingerprint, blackbox.vocab_size, config.cache_top_k)
     source = _LogProbSource(blackbox, cache)
-    rule = config.combination()
+    rule = config.combination(tokenizer.eos_token_id)
 
     try:
         source.record(train_enc + eval_enc, config.batch_size, accelerator.process_index, accelerator.num_processes,
@@ -492,10 +502,11 @@ def _slug(fingerprint: str) -> str:
     return f"{safe}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
 
 
-def trained_rule(plugin_dir: str | Path):
-    """The combination rule a saved plugin was trained through (decode with the same one)."""
+def trained_rule(plugin_dir: str | Path, eos_token_id: int | None = None):
+    """The combination rule a saved plugin was trained through (decode with the same one);
+    ``eos_token_id``: the black box's, needed by plugins trained with ``support_eos``."""
     from .reweighter import read_sidecar
 
     saved = dict(read_sidecar(plugin_dir).get("train_config") or {})
     known = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(output_dir="-", **{k: v for k, v in saved.items() if k in known}).combination()
+    return TrainConfig(output_dir="-", **{k: v for k, v in saved.items() if k in known}).combination(eos_token_id)

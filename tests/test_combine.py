@@ -126,3 +126,19 @@ def test_truncate_to_topk_keeps_the_support_exact_mass_one_and_the_echoed_token(
     rest = row1[~torch.isnan(row1)]
     assert torch.allclose(rest, rest[0].expand_as(rest))
     assert torch.allclose(truncate_to_topk(lp, 30), lp, atol=1e-6)  # k = V: nothing lost
+
+
+def test_support_with_eos_always_holds_eos_and_k_others_in_every_row():
+    torch.manual_seed(0)
+    bb = torch.log_softmax(torch.randn(3, 12), -1)
+    eos = int(bb[0].argmax())  # row 0: EOS is the black box's favourite; rows 1-2: likely not in its top-3
+    rule = SupportProductRule(k=3, always=eos)
+    mask = rule.support_mask(bb)
+    assert mask[:, eos].all() and mask.sum(-1).tolist() == [4, 4, 4]
+    others = bb.index_fill(-1, torch.tensor([eos]), -math.inf).topk(3, -1).indices
+    assert mask.gather(-1, others).all()
+    rw = torch.zeros(3, 12)
+    rw[:, eos] = 20.0  # the reweighter can now make EOS win wherever the black box ranks it
+    assert (rule(bb, rw).argmax(-1) == eos).all()
+    assert not (SupportProductRule(k=3)(bb, rw).argmax(-1) == eos)[1:].all()
+    assert rule.signature().endswith(f"|always:{eos}")

@@ -239,3 +239,22 @@ def test_alpha_grid_picks_the_strength_with_the_lowest_held_out_loss_and_the_plu
         _config(tmp_path, alpha_grid=(0.5,), select_by="BLEU")
     with pytest.raises(ValueError, match="alpha_grid"):
         _config(tmp_path, alpha_grid=(-1.0,))
+
+
+def test_support_eos_puts_eos_in_the_trained_and_decoded_support(tmp_path):
+    from logitplug.combine import SupportProductRule
+    from logitplug.train import trained_rule
+
+    bb = tiny_blackbox()
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path, epochs=3, support_k=8, support_eos=True), SMALL)
+    assert result.best_loss < result.blackbox_loss
+    rule = trained_rule(result.plugin_dir, bb.tokenizer.eos_token_id)
+    assert isinstance(rule, SupportProductRule) and rule.always == bb.tokenizer.eos_token_id
+    with pytest.raises(ValueError, match="eos_token_id"):
+        trained_rule(result.plugin_dir)
+    rw = Reweighter.from_pretrained(result.plugin_dir, bb.fingerprint)
+    prompts = [encode_prompt(bb.tokenizer, TEMPLATE, e.input) for e in EXAMPLES[:2]]
+    gens = Decoder(bb, rw, rule, GenerationConfig(max_new_tokens=8)).generate_ids(prompts)  # sparse path: k + 1 rows
+    assert all(len(g.token_ids) >= 1 for g in gens)
+    with pytest.raises(ValueError, match="support_eos"):
+        _config(tmp_path, support_eos=True)

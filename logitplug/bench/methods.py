@@ -194,7 +194,7 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
             selector = None
             if tcfg.select_by != "loss":
                 selector = text_metric_selector(ctx.blackbox, ctx.template, ctx.validation, tcfg.select_by,
-                                                tcfg.combination(), ctx.generation, tcfg.select_inputs)
+                                                tcfg.combination(ctx.blackbox.tokenizer.eos_token_id), ctx.generation, tcfg.select_inputs)
             train(ctx.blackbox, ctx.train, ctx.validation, ctx.template, tcfg, rcfg, selector=selector)
         sidecar = json.loads((folder / "logitplug.json").read_text())
         # lower is better: the held-out loss, or minus the selection metric
@@ -225,7 +225,7 @@ class TrainedCombination(Method):
         if self.rule == "mixture":
             overrides["mixture_weight"] = self.mixture_weight
         reweighter, info = train_reweighter(ctx, overrides, self.reweighter_overrides)
-        rule = trained_rule(info["artifact"])  # decode through the rule it was trained through
+        rule = trained_rule(info["artifact"], ctx.blackbox.tokenizer.eos_token_id)  # decode through the rule it was trained through
         info["rule"] = rule.signature()
         info.update(demo_info)
         return MethodOutput(self._decode(ctx, test_prompts(ctx), reweighter=reweighter, rule=rule), info)
