@@ -255,3 +255,12 @@ def test_validation_by_input_keeps_every_reference_and_task_generation_overrides
     method = plain.methods[0]
     assert settings_key(longer, method, "commongen") != settings_key(plain, method, "commongen")
     assert settings_key(longer, method, "e2e") == settings_key(plain, method, "e2e")  # other tasks keep their cells
+
+
+def test_the_table_marks_cells_made_with_other_settings(tiny_dir, tmp_path):
+    raw = _raw(tiny_dir, tmp_path / "out", methods=["zero-shot"], seeds=[0])
+    table = run_bench(parse_config(raw), progress=False)
+    assert "stale" not in table.read_text()
+    raw["generation"] = {"max_new_tokens": 5, "batch_size": 4}  # the finished cell no longer matches
+    table = run_bench(parse_config(raw), progress=False, only_report=True)
+    assert "| zero-shot (stale: 1 of 1 made with other settings) |" in table.read_text()

@@ -20,7 +20,7 @@ def collect(cfg: "BenchConfig") -> list[dict[str, Any]]:
     for path in sorted((cfg.output_dir / "cells").rglob("*.json")):
         rec = json.loads(path.read_text())
         cells[(rec["task"], rec["blackbox"], rec["method"], rec.get("sweep_size"))].append(rec)
-    from .runner import blackbox_label
+    from .runner import blackbox_label, settings_key
 
     sizes = sorted({k[3] for k in cells if k[3] is not None}) + [None]
     rows = []
@@ -36,8 +36,11 @@ def collect(cfg: "BenchConfig") -> list[dict[str, Any]]:
                     values = [r["scores"][m] for r in recs]
                     summary[m] = {"mean": statistics.fmean(values),
                                   "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+                key = settings_key(cfg, method, task)
                 rows.append({
                     "task": task, "blackbox": bb, "method": method.name, "runs": len(recs),
+                    # cells made with other settings than the config's now (a rerun would redo them)
+                    "stale": sum(r.get("settings_key") != key for r in recs),
                     "seeds": [r["seed"] for r in recs], "test_inputs": recs[0]["test_inputs"],
                     "train_rows": recs[0]["train_rows"], "sweep_size": size, "scores": summary,
                     "per_seed": {str(r["seed"]): r["scores"] for r in recs},
@@ -77,8 +80,12 @@ def markdown(cfg: "BenchConfig", rows: list[dict[str, Any]]) -> str:
                     text = _fmt(r["scores"][m], r["runs"]) if m in r["scores"] else "-"
                     cells.append(f"**{text}**" if m in r["scores"] and r["scores"][m]["mean"] == best[m] else text)
                 size = (f"{r['train_rows']} | " if r["sweep_size"] is not None else "all | ") if sweep else ""
-                lines.append(f"| {r['method']} | {size}{r['runs']} | " + " | ".join(cells) + f" | {r['wall_seconds']:.0f} |")
+                name = r["method"] + (f" (stale: {r['stale']} of {r['runs']} made with other settings)" if r["stale"] else "")
+                lines.append(f"| {name} | {size}{r['runs']} | " + " | ".join(cells) + f" | {r['wall_seconds']:.0f} |")
             lines.append("")
+            if any(r["stale"] for r in sub):
+                lines += ["Stale rows were made with settings other than the config's now (e.g. an older recipe); "
+                          "a rerun redoes them.", ""]
     return "\n".join(lines)
 
 
