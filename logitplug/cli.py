@@ -97,15 +97,11 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
         recipe = get_recipe(name)
     except ValueError as e:
         _fail(str(e))
-    wanted = {"demonstrations": recipe.demonstrations, **recipe.train,
+    # settings that do not apply to the user's rule or selection keep the user's value
+    train = recipe.train_for(values.get("rule", "product"), values.get("select_by", "loss"))
+    wanted = {"demonstrations": recipe.demonstrations, **train,
               **{_CLI_NAME.get(k, k): v for k, v in recipe.reweighter.items()}}
     out = dict(values)
-    if values.get("rule", "product") != "product":
-        wanted.pop("support_k", None)  # product-rule settings: other rules keep the user's value
-        wanted.pop("support_eos", None)
-        wanted.pop("alpha_grid", None)
-    if values.get("select_by", "loss") != "loss":
-        wanted.pop("alpha_grid", None)  # strengths are chosen by held-out loss
     for option, value in wanted.items():
         if option not in out:
             raise KeyError(f"recipe {name!r} sets {option!r}, which `train` has no option for")

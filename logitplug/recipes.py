@@ -22,6 +22,17 @@ class Recipe:
     train: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields
     reweighter: Mapping[str, Any] = field(default_factory=dict)  # ReweighterConfig fields
 
+    def train_for(self, rule: str = "product", select_by: str = "loss") -> dict[str, Any]:
+        """The recipe's training settings that apply under ``rule`` and ``select_by``: product-rule
+        settings are left out for other rules, the strength grid unless selection is by held-out loss."""
+        out = dict(self.train)
+        if rule != "product":
+            for name in ("support_k", "support_eos", "alpha_grid"):
+                out.pop(name, None)
+        if select_by != "loss":
+            out.pop("alpha_grid", None)
+        return out
+
     def settings(self) -> dict[str, Any]:
         """What the recipe changes, for cache keys and reports."""
         demos = list(self.demonstrations) if isinstance(self.demonstrations, tuple) else self.demonstrations

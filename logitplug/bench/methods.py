@@ -73,9 +73,8 @@ class Method(ABC):
         self.icl = demonstration_counts(base.demonstrations if icl is None else icl)
         self._own_icl = icl is not None
         self._own_train, self._own_reweighter = set(train or {}), set(reweighter or {})
-        self.train_overrides = {**base.train, **(train or {})}
-        if (train or {}).get("select_by", "loss") != "loss" and "alpha_grid" not in (train or {}):
-            self.train_overrides.pop("alpha_grid", None)  # the recipe's strengths need selection by loss
+        # plugin methods always train through the product rule; the variant may select otherwise
+        self.train_overrides = {**base.train_for(select_by=(train or {}).get("select_by", "loss")), **(train or {})}
         self.reweighter_overrides = {**base.reweighter, **(reweighter or {})}
         self.lora_overrides = dict(lora or {})
         self.generation_overrides = dict(generation or {})
