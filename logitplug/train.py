@@ -92,7 +92,8 @@ class TrainConfig:
     )
     support_eos: bool = field(
         default=False, metadata={"help": "with support_k: the black box's EOS token is always in the support, so the plugin "
-                                         "can end an answer where the black box would go on"}
+                                         "can end an answer where the black box would go on (without support_k the "
+                                         "whole vocabulary, EOS included, is reweighted anyway)"}
     )
     mixture_weight: float = field(default=0.5, metadata={"help": "small-model weight for rule=mixture"})
     cache: bool = field(default=True, metadata={"help": "record black-box log-probs once and replay them"})
@@ -131,8 +132,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.rule must be 'product', 'mixture' or 'reweighter', got {self.rule!r}")
         if self.support_k < 0 or (self.support_k and self.rule != "product"):
             raise ValueError("TrainConfig.support_k must be >= 0 and needs rule='product'")
-        if self.support_eos and not self.support_k:
-            raise ValueError("TrainConfig.support_eos adds EOS to a top-k support: it needs support_k > 0")
         if not 0 <= self.copy_augment <= 1:
             raise ValueError(f"TrainConfig.copy_augment must be in [0, 1], got {self.copy_augment!r}")
         if self.objective not in ("mle", "distill"):

@@ -55,11 +55,12 @@ def test_recipes_set_defaults_and_explicit_options_win(tmp_path, bb_dir, data):
     default = trained("default")  # the logitplug recipe: 1 or 3 demonstrations (held-out choice), copy augmentation
     assert len(default["template"]["demos"]) in (1, 3) and default["train_config"]["copy_augment"] == 0.5
     assert default["template"]["demos"][0][1].endswith("is a pub.") and default["train_config"]["support_k"] == 20
+    assert default["train_config"]["support_eos"] is True
     assert trained("mixture", "--rule", "mixture")["train_config"]["support_k"] == 0  # top-k support: product only
     # the strength: chosen among the recipe's on held-out loss and stored for decoding; a fixed one is kept
-    assert default["train_config"]["alpha"] in default["train_config"]["alpha_grid"] == [0, 0.25, 0.5, 0.75, 1, 1.25]
-    fixed = trained("fixed", "--alpha", "0.5")["train_config"]
-    assert fixed["alpha"] == 0.5 and fixed["alpha_grid"] == []
+    assert default["train_config"]["alpha"] in default["train_config"]["alpha_grid"] == [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2]
+    fixed = trained("fixed", "--alpha", "0.5", "--no-support-eos")["train_config"]
+    assert fixed["alpha"] == 0.5 and fixed["alpha_grid"] == [] and fixed["support_eos"] is False
     res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "p1"), "--alpha-grid", "0.5,x"])
     assert res.exit_code == 2 and "--alpha-grid takes comma-separated numbers" in res.output
     paper = trained("paper", "--recipe", "paper")
