@@ -27,6 +27,7 @@ from .data import Example, PromptTemplate, collate, encode_all, targets_of
 
 ADAPTER_DIR = "adapter"
 DONE_NAME = "finetune.json"
+CHECKPOINT_NAME = "checkpoint.pt"  # after every epoch, so an interrupted run resumes there
 
 
 @dataclass
@@ -59,6 +60,11 @@ class LoraTrainConfig:
             raise ValueError(f"LoraTrainConfig.lr must be > 0, got {self.lr!r}")
 
 
+def _identity(cfg: LoraTrainConfig) -> dict:
+    """The settings a checkpoint must share with the run resuming it (the progress bar need not)."""
+    return {k: v for k, v in asdict(cfg).items() if k != "progress"}
+
+
 def _mean_nll(model, encoded, batch_size: int, device) -> float:
     total, count = 0.0, 0
     model.eval()
@@ -83,7 +89,7 @@ def finetune_lora(
     """Train LoRA adapters on a copy of the black box's model; return the merged, tuned model.
 
     The best adapters (by held-out loss) are saved in ``output_dir/adapter``; a finished run found
-    there is loaded instead of retrained.
+    there is loaded instead of retrained, an interrupted one resumes after its last finished epoch.
     """
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import get_linear_schedule_with_warmup
@@ -122,10 +128,26 @@ def finetune_lora(
     total = steps_per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
 
-    best, bad, history = math.inf, 0, []
+    best, bad, history, start = math.inf, 0, [], 0
     best_state: dict[str, torch.Tensor] = {}
+    ckpt = out / CHECKPOINT_NAME
+    if ckpt.exists():  # an interrupted run: continue after its last finished epoch
+        state = torch.load(ckpt, weights_only=False)
+        if state["config"] != _identity(cfg) or state["blackbox"] != blackbox.fingerprint:
+            raise ValueError(f"{ckpt} was written by a LoRA run with other settings or another black box; "
+                             "delete it or choose another output folder")
+        model.load_state_dict(state["lora"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        best, bad, history, best_state = state["best"], state["bad"], state["history"], state["best_state"]
+        start = len(history)
+        if cfg.progress:
+            print(f"LoRA: resuming after epoch {start} from {ckpt}")
     model.train()
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
+        if bad >= cfg.patience:
+            break
         order = list(range(len(train_enc)))
         random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
         bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"LoRA epoch {epoch + 1}", disable=not cfg.progress,
@@ -152,13 +174,21 @@ def finetune_lora(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
         else:
             bad += 1
-            if bad >= cfg.patience:
-                break
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"config": _identity(cfg), "blackbox": blackbox.fingerprint, "history": history, "best": best,
+                    "bad": bad, "best_state": best_state, "rng": torch.get_rng_state(),
+                    "lora": {k: v for k, v in model.state_dict().items() if "lora_" in k},
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp)
+        tmp.replace(ckpt)  # a crash mid-write leaves the previous checkpoint whole
+        if bad >= cfg.patience:
+            break
     model.load_state_dict(best_state, strict=False)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out / ADAPTER_DIR))
     cfg_dict = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
     (out / DONE_NAME).write_text(json.dumps({"config": cfg_dict, "best_eval_loss": best, "history": history,
                                              "blackbox": blackbox.fingerprint}, indent=2))
+    ckpt.unlink(missing_ok=True)
     tuned = model.merge_and_unload().eval()
     return LocalBlackBox(tuned, blackbox.tokenizer, identity, device)

@@ -276,11 +276,12 @@ def _evaluate(model, accelerator, source, rule, encoded, batch_size, objective="
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = targets_of(batch)
             rw = model(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
-            sums[0] += _nll(rule, bb, rw, targets, objective).double().cpu()
+            per_alpha = [_nll(r, bb, rw, targets, objective).double().cpu() for r in scaled]
+            own = [n for r, n in zip(scaled, per_alpha) if r.alpha == getattr(rule, "alpha", None)]
+            sums[0] += own[0] if own else _nll(rule, bb, rw, targets, objective).double().cpu()
             sums[1] += -bb.gather(-1, targets[:, None]).sum().double().cpu()
             sums[2] += targets.numel()
-            for j, r in enumerate(scaled):
-                sums[3 + j] += _nll(r, bb, rw, targets, objective).double().cpu()
+            sums[3:] += torch.stack(per_alpha) if per_alpha else 0
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
     model.train()
     return float(sums[0] / sums[2]), float(sums[1] / sums[2]), [float(x / sums[2]) for x in sums[3:]]

@@ -35,3 +35,37 @@ def test_lora_refuses_bad_settings_and_missing_validation(tmp_path):
         LoraTrainConfig(rank=0)
     with pytest.raises(ValueError, match="held-out"):
         finetune_lora(tiny_blackbox(), EXAMPLES, [], TEMPLATE, tmp_path / "x", LoraTrainConfig(progress=False))
+
+
+def test_interrupted_lora_resumes_after_its_last_epoch_and_ends_where_an_uninterrupted_run_does(tmp_path, monkeypatch):
+    import json
+
+    import logitplug.finetune as ft
+
+    bb = tiny_blackbox()
+    cfg = LoraTrainConfig(epochs=4, batch_size=2, lr=1e-2, rank=4, lora_dropout=0.0, patience=10, progress=False)
+    finetune_lora(bb, EXAMPLES, EXAMPLES, TEMPLATE, tmp_path / "whole", cfg)
+    whole = json.loads((tmp_path / "whole" / ft.DONE_NAME).read_text())
+
+    calls = {"n": 0}
+    real = ft._mean_nll
+
+    def interrupted(*args, **kw):  # Ctrl-C during the third epoch's evaluation
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(ft, "_mean_nll", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_lora(bb, EXAMPLES, EXAMPLES, TEMPLATE, tmp_path / "cut", cfg)
+    assert (tmp_path / "cut" / ft.CHECKPOINT_NAME).exists() and not (tmp_path / "cut" / ft.DONE_NAME).exists()
+    monkeypatch.setattr(ft, "_mean_nll", real)
+    with pytest.raises(ValueError, match="other settings"):  # a checkpoint is not mixed with other settings
+        finetune_lora(bb, EXAMPLES, EXAMPLES, TEMPLATE, tmp_path / "cut", LoraTrainConfig(epochs=4, rank=8, progress=False))
+    finetune_lora(bb, EXAMPLES, EXAMPLES, TEMPLATE, tmp_path / "cut", cfg)
+    resumed = json.loads((tmp_path / "cut" / ft.DONE_NAME).read_text())
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    assert [h["eval_loss"] for h in resumed["history"]] == pytest.approx([h["eval_loss"] for h in whole["history"]], rel=1e-5)
+    assert resumed["best_eval_loss"] == pytest.approx(whole["best_eval_loss"], rel=1e-5)
+    assert not (tmp_path / "cut" / ft.CHECKPOINT_NAME).exists()  # a finished run leaves no checkpoint
