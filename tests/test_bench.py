@@ -175,7 +175,7 @@ def test_a_training_size_sweep_gives_cells_per_size_a_table_column_and_curves(ti
         parse_config(_raw(tiny_dir, tmp_path / "x", data={"train_rows": [0, 5]}))
 
 
-def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path):
+def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path, monkeypatch):
     raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[{"name": "plugin-icl1", "method": "plugin", "icl": 1}],
                data={"train_rows": 12, "validation_rows": 6, "test_inputs": 2})
     run_bench(parse_config(raw), progress=False)
@@ -196,6 +196,19 @@ def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path):
     assert chosen in (0, 1) and set(rec["info"]["demonstration_scores"]) == {"0", "1"}
     sidecar = json.loads((Path(rec["info"]["artifact"]) / "logitplug.json").read_text())
     assert len(sidecar["template"]["demos"]) == chosen
+    # a second variant on the same data and seed reuses the stored choice: no validation decoding
+    import logitplug.selection
+
+    def no_decoding(*a, **k):
+        raise AssertionError("the demonstration count was chosen again")
+
+    monkeypatch.setattr(logitplug.selection, "text_metric_selector", no_decoding)
+    raw["methods"] = [{"name": "plugin-icl-chosen-wd", "method": "plugin", "icl": [0, 1], "train": {"weight_decay": 0.1}}]
+    run_bench(parse_config(raw), progress=False)
+    again = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin-icl-chosen-wd" / "seed0.json").read_text())
+    assert again["info"]["demonstrations"] == chosen
+    assert again["info"]["demonstration_scores"] == rec["info"]["demonstration_scores"]
+    assert set(again["info"]["seconds"]) == {"demonstrations", "train", "decode"}
 
 
 def test_plugin_methods_start_from_a_recipe_and_its_settings_key_follows_it(tiny_dir, tmp_path):

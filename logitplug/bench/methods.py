@@ -146,9 +146,25 @@ class InContext(Method):
 def with_demonstrations(ctx: CellContext, k: int | tuple[int, ...]) -> tuple[CellContext, dict[str, Any]]:
     """The cell with k training examples (drawn by the seed, as icl-K draws them) fixed at the head
     of every prompt, for training and decoding alike: a plugin on top of in-context learning.
-    Several counts: the one whose prompt alone scores best on validation BLEU."""
-    template, rest, info = fix_demonstrations(ctx.blackbox, ctx.template, ctx.train, ctx.validation, k, ctx.seed,
+    Several counts: the one whose prompt alone scores best on validation BLEU. That choice
+    depends only on the black box, prompt, data, seed and decoding, so it is stored under the
+    models folder and every plugin variant of a run shares it instead of decoding validation again."""
+    counts = demonstration_counts(k)
+    record = None
+    if not isinstance(counts, int):
+        key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), list(counts), ctx.seed,
+                   asdict(ctx.generation))
+        record = ctx.models_dir / "demonstrations" / f"{key}.json"
+        if record.exists():
+            info = json.loads(record.read_text())
+            template, rest, _ = fix_demonstrations(ctx.blackbox, ctx.template, ctx.train, ctx.validation,
+                                                   info["demonstrations"], ctx.seed, ctx.generation)
+            return replace(ctx, template=template, train=rest), info
+    template, rest, info = fix_demonstrations(ctx.blackbox, ctx.template, ctx.train, ctx.validation, counts, ctx.seed,
                                               ctx.generation)
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(info, indent=2))
     return replace(ctx, template=template, train=rest), info
 
 
