@@ -268,6 +268,11 @@ def test_validation_by_input_keeps_every_reference_and_task_generation_overrides
     method = plain.methods[0]
     assert settings_key(longer, method, "commongen") != settings_key(plain, method, "commongen")
     assert settings_key(longer, method, "e2e") == settings_key(plain, method, "e2e")  # other tasks keep their cells
+    # the lora section concerns LoRA cells only
+    other_lora = parse_config(_raw(tiny_dir, tmp_path / "out", lora={"epochs": 2}))
+    lora = next(m for m in plain.methods if m.name == "lora")
+    assert settings_key(other_lora, method, "e2e") == settings_key(plain, method, "e2e")
+    assert settings_key(other_lora, lora, "e2e") != settings_key(plain, lora, "e2e")
 
 
 def test_the_table_marks_cells_made_with_other_settings(tiny_dir, tmp_path):

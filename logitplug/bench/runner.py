@@ -212,7 +212,11 @@ def settings_key(cfg: BenchConfig, method: Method, task: str | None = None) -> s
 
     spec = next((m for m in cfg.source.get("methods", []) if (m if isinstance(m, str) else m.get("name")) == method.name),
                 method.name)
-    parts = [spec, cfg.data, cfg.generation_for(task), cfg.train, cfg.reweighter, cfg.lora, cfg.grid, cfg.templates, cfg.metrics]
+    from .methods import LoraFineTune
+
+    # the lora section concerns LoRA cells only: adding it to a config leaves the others' results standing
+    lora = cfg.lora if isinstance(method, LoraFineTune) else {}
+    parts = [spec, cfg.data, cfg.generation_for(task), cfg.train, cfg.reweighter, lora, cfg.grid, cfg.templates, cfg.metrics]
     recipe = method.recipe_settings()
     return _key(*parts, recipe) if recipe is not None else _key(*parts)
 
