@@ -7,7 +7,7 @@ prompt (template and demonstrations) with the input replaced by a content-free s
 the same generated tokens. This script decodes *validation* inputs (never test) of one finished
 bench cell under strengths a and b in {0, 1}; a method is only worth building if it wins here.
 
-    python benchmarks/calibration_probe.py benchmarks/strength.yaml CELL.json --inputs 100
+    python benchmarks/calibration_probe.py benchmarks/scoreboard.yaml CELL.json --inputs 100
 """
 
 from __future__ import annotations

@@ -251,21 +251,30 @@ def _shard_order(n: int, epoch: int, seed: int, rank: int, world: int, batch_siz
 def _nll(rule, bb: torch.Tensor, rw: torch.Tensor | None, targets: torch.Tensor, objective: str = "mle") -> torch.Tensor:
     """Summed loss over the N positions: negative log-likelihood of ``targets`` (N,) under the
     combined distribution, or (distill) cross-entropy from the black box's distribution."""
+    return _nll_and_hits(rule, bb, rw, targets, objective)[0]
+
+
+def _nll_and_hits(rule, bb, rw, targets, objective="mle") -> tuple[torch.Tensor, torch.Tensor]:
+    """``_nll`` and how many positions' likeliest combined token is the target: what greedy
+    decoding would pick, teacher-forced (held-out loss can prefer a flatter rule than argmax does)."""
     combined = rule(bb, rw)
+    hits = (combined.argmax(-1) == targets).sum()
     if objective == "distill":
-        return -(bb.exp() * combined.clamp_min(torch.finfo(combined.dtype).min)).sum()
-    return -combined.gather(-1, targets[:, None]).sum()
+        return -(bb.exp() * combined.clamp_min(torch.finfo(combined.dtype).min)).sum(), hits
+    return -combined.gather(-1, targets[:, None]).sum(), hits
 
 
 def _evaluate(model, accelerator, source, rule, encoded, batch_size, objective="mle",
-              alphas: Sequence[float] = ()) -> tuple[float, float, list[float]]:
+              alphas: Sequence[float] = ()) -> tuple[float, float, list[float], list[float]]:
     """Held-out mean NLL per target token: (combined, black box alone, combined at each of
-    ``alphas``: the same weights with the rule's strength set to each), reduced over processes."""
+    ``alphas``: the same weights with the rule's strength set to each, and the teacher-forced
+    top-1 accuracy at each of ``alphas``), reduced over processes."""
     model.eval()
     scaled = [copy.copy(rule) for _ in alphas]
     for r, a in zip(scaled, alphas):
         r.alpha = float(a)
-    sums = torch.zeros(3 + len(alphas), dtype=torch.float64)
+    n = len(alphas)
+    sums = torch.zeros(3 + 2 * n, dtype=torch.float64)
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(len(encoded)))[rank::world]
     with torch.no_grad():
@@ -276,15 +285,18 @@ def _evaluate(model, accelerator, source, rule, encoded, batch_size, objective="
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             targets = targets_of(batch)
             rw = model(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
-            per_alpha = [_nll(r, bb, rw, targets, objective).double().cpu() for r in scaled]
-            own = [n for r, n in zip(scaled, per_alpha) if r.alpha == getattr(rule, "alpha", None)]
-            sums[0] += own[0] if own else _nll(rule, bb, rw, targets, objective).double().cpu()
+            per_alpha = [_nll_and_hits(r, bb, rw, targets, objective) for r in scaled]
+            own = [nll for r, (nll, _) in zip(scaled, per_alpha) if r.alpha == getattr(rule, "alpha", None)]
+            sums[0] += (own[0] if own else _nll(rule, bb, rw, targets, objective)).double().cpu()
             sums[1] += -bb.gather(-1, targets[:, None]).sum().double().cpu()
             sums[2] += targets.numel()
-            sums[3:] += torch.stack(per_alpha) if per_alpha else 0
+            for j, (nll, hits) in enumerate(per_alpha):
+                sums[3 + j] += nll.double().cpu()
+                sums[3 + n + j] += hits.double().cpu()
     sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
     model.train()
-    return float(sums[0] / sums[2]), float(sums[1] / sums[2]), [float(x / sums[2]) for x in sums[3:]]
+    per_token = [float(x / sums[2]) for x in sums[3:]]
+    return float(sums[0] / sums[2]), float(sums[1] / sums[2]), per_token[:n], per_token[n:]
 
 
 def train(
@@ -390,14 +402,15 @@ def train(
 
     def consider(epoch: int, train_loss: float | None, t0: float) -> None:
         """Evaluate the current weights after ``epoch`` (0: before training) and keep them if best."""
-        eval_loss, bb_loss, scaled = _evaluate(model, accelerator, source, rule, eval_enc, config.batch_size,
-                                               config.objective, config.alpha_grid)
+        eval_loss, bb_loss, scaled, accuracy = _evaluate(model, accelerator, source, rule, eval_enc, config.batch_size,
+                                                         config.objective, config.alpha_grid)
         record = {"epoch": epoch, "step": state.global_step, "eval_loss": eval_loss,
                   "blackbox_eval_loss": bb_loss, "train_loss": train_loss if train_loss is not None else math.nan,
                   "epoch_seconds": time.perf_counter() - t0}
         criterion, shown, alpha = eval_loss, "", config.alpha
         if config.alpha_grid:
             record["eval_loss_by_alpha"] = {f"{a:g}": v for a, v in zip(config.alpha_grid, scaled)}
+            record["eval_accuracy_by_alpha"] = {f"{a:g}": v for a, v in zip(config.alpha_grid, accuracy)}
             alpha, eval_loss = min(zip(config.alpha_grid, scaled), key=lambda av: (av[1], -av[0]))
             record["alpha"], record["eval_loss"] = alpha, eval_loss
             criterion, shown = eval_loss, f" at strength {alpha:g}"

@@ -231,6 +231,10 @@ def test_alpha_grid_picks_the_strength_with_the_lowest_held_out_loss_and_the_plu
         assert by_alpha["0"] == pytest.approx(record["blackbox_eval_loss"], rel=1e-5)  # strength 0: the black box
         assert record["eval_loss"] == min(by_alpha.values())
         assert by_alpha[f"{record['alpha']:g}"] == record["eval_loss"]
+        accuracy = record["eval_accuracy_by_alpha"]  # teacher-forced top-1 accuracy, per strength
+        assert set(accuracy) == set(by_alpha) and all(0 <= v <= 1 for v in accuracy.values())
+    # at strength 0 the rule is the black box alone, whatever the weights: the same every epoch
+    assert len({r["eval_accuracy_by_alpha"]["0"] for r in result.history}) == 1
     best = min(result.history, key=lambda r: r["eval_loss"])
     assert result.best_loss == pytest.approx(best["eval_loss"])
     rule = trained_rule(result.plugin_dir)
