@@ -143,6 +143,8 @@ def train(
     rule: str = typer.Option("product", help=_help(_T, "rule")),
     alpha: float = typer.Option(1.0, help=_help(_T, "alpha")),
     alpha_grid: str = typer.Option("", help=_help(_T, "alpha_grid") + " (comma-separated, e.g. '0.25,0.5,1')"),
+    strength_by: str = typer.Option("loss", help=_help(_T, "strength_by")),
+    strength_candidates: str = typer.Option("", help=_help(_T, "strength_candidates") + " (comma-separated)"),
     mixture_weight: float = typer.Option(0.5, help=_help(_T, "mixture_weight")),
     support_k: int = typer.Option(0, help=_help(_T, "support_k")),
     support_eos: bool = typer.Option(False, help=_help(_T, "support_eos")),
@@ -173,13 +175,17 @@ def train(
 
     o = _apply_recipe(ctx, recipe, {k: v for k, v in locals().items() if k not in ("ctx", "recipe")})
     demonstrations = o["demonstrations"]
-    if _given(ctx, "alpha") and not _given(ctx, "alpha_grid"):
-        o["alpha_grid"] = ()  # a strength the user fixes is not searched over
-    if isinstance(o["alpha_grid"], str):
-        try:
-            o["alpha_grid"] = tuple(float(a) for a in o["alpha_grid"].split(",") if a.strip())
-        except ValueError:
-            _fail(f"--alpha-grid takes comma-separated numbers, got {o['alpha_grid']!r}")
+    if _given(ctx, "alpha"):  # a strength the user fixes is not searched over
+        if not _given(ctx, "alpha_grid"):
+            o["alpha_grid"] = ()
+        if not _given(ctx, "strength_by"):
+            o["strength_by"] = "loss"
+    for name in ("alpha_grid", "strength_candidates"):
+        if isinstance(o[name], str):
+            try:
+                o[name] = tuple(float(a) for a in o[name].split(",") if a.strip())
+            except ValueError:
+                _fail(f"--{name.replace('_', '-')} takes comma-separated numbers, got {o[name]!r}")
 
     try:
         if (task is None) == (train_file is None):
@@ -226,14 +232,12 @@ def train(
     from .data import DataError
 
     try:
-        selector = None
-        if tcfg.select_by != "loss":
-            from .decode import GenerationConfig
-            from .selection import text_metric_selector
+        from .decode import GenerationConfig
+        from .selection import held_out_scorers
 
-            selector = text_metric_selector(bb, tmpl, eval_rows, tcfg.select_by, tcfg.combination(bb.tokenizer.eos_token_id),
-                                            GenerationConfig(repetition_penalty=1.1), tcfg.select_inputs)
-        result = run_train(bb, train_rows, eval_rows, tmpl, tcfg, rcfg, selector=selector)
+        # held-out decoding as `generate` decodes by default: greedy, penalty 1.1, an answer ends at a blank line
+        scorers = held_out_scorers(tcfg, bb, tmpl, eval_rows, GenerationConfig(repetition_penalty=1.1, stop_strings=("\n\n",)))
+        result = run_train(bb, train_rows, eval_rows, tmpl, tcfg, rcfg, **scorers)
     except TrainingInterrupted as e:
         typer.secho(str(e), fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130)

@@ -27,7 +27,7 @@ class Recipe:
         settings are left out for other rules, the strength grid unless selection is by held-out loss."""
         out = dict(self.train)
         if rule != "product":
-            for name in ("support_k", "support_eos", "alpha_grid"):
+            for name in ("support_k", "support_eos", "alpha_grid", "strength_by", "strength_candidates"):
                 out.pop(name, None)
         if select_by != "loss":
             out.pop("alpha_grid", None)

@@ -4,7 +4,8 @@ The paper picks the epoch (and hyperparameters) with the lowest held-out loss. L
 hedging over the whole vocabulary, while users read argmax text; a plugin with the best loss can
 write worse sentences (DESIGN.md). ``text_metric_selector`` gives ``train`` a scorer that decodes
 a fixed set of held-out inputs and scores them against all their references.
-``fix_demonstrations`` uses the same scoring to choose how many demonstrations a prompt holds.
+``fix_demonstrations`` uses the same scoring to choose how many demonstrations a prompt holds,
+and ``train`` (``strength_by``) to choose the reweighting strength of the kept plugin.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ def text_metric_selector(
     generation: GenerationConfig | None = None,
     max_inputs: int = 100,
 ) -> Callable[[Reweighter], float]:
-    """A scorer (higher is better) of a reweighter: ``metric`` of its greedy outputs on the first
-    ``max_inputs`` distinct held-out inputs, against all their references."""
+    """A scorer (higher is better) of a reweighter: ``metric`` of its greedy outputs (through
+    ``rule``, or the rule given with the call) on the first ``max_inputs`` distinct held-out
+    inputs, against all their references."""
     inputs = [ex for ex in group_by_input(held_out) if ex.references][:max_inputs]
     if not inputs:
         raise ValueError("selection by a text metric needs held-out examples with targets")
@@ -39,11 +41,26 @@ def text_metric_selector(
     prompts = [encode_prompt(blackbox.tokenizer, template, ex.input, room) for ex in inputs]
     refs = [list(ex.references) for ex in inputs]
 
-    def score(reweighter: Reweighter | None) -> float:
-        outputs = [g.text for g in Decoder(blackbox, reweighter, rule, gen).generate_ids(prompts)]
+    def score(reweighter: Reweighter | None, with_rule: CombinationRule | None = None) -> float:
+        outputs = [g.text for g in Decoder(blackbox, reweighter, with_rule or rule, gen).generate_ids(prompts)]
         return evaluate(outputs, refs, [metric])[metric].score
 
     return score
+
+
+def held_out_scorers(config: Any, blackbox: BlackBox, template: PromptTemplate, held_out: Sequence[Example],
+                     generation: GenerationConfig | None = None) -> dict[str, Callable[..., float]]:
+    """The scorers ``train`` needs for a ``TrainConfig``'s ``select_by`` (``selector``) and
+    ``strength_by`` (``strength_selector``): none for selection by loss."""
+    rule = config.combination(blackbox.tokenizer.eos_token_id)
+    out: dict[str, Callable[..., float]] = {}
+    if config.select_by != "loss":
+        out["selector"] = text_metric_selector(blackbox, template, held_out, config.select_by, rule, generation,
+                                               config.select_inputs)
+    if config.strength_by != "loss":
+        out["strength_selector"] = text_metric_selector(blackbox, template, held_out, config.strength_by, rule,
+                                                        generation, config.select_inputs)
+    return out
 
 
 def demonstration_counts(value: int | str | Sequence[int]) -> int | tuple[int, ...]:

@@ -28,6 +28,7 @@ from .combine import get_rule
 from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, targets_of
 from .data.augment import augment_copied_names
 from .reweighter import Reweighter, ReweighterConfig
+from .reweighter.model import SIDECAR_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,16 @@ class TrainConfig:
                                          "can end an answer where the black box would go on (without support_k the "
                                          "whole vocabulary, EOS included, is reweighted anyway)"}
     )
+    strength_by: str = field(
+        default="loss",
+        metadata={"help": "product rules: 'loss' decodes at the strength alpha_grid chose on held-out loss; a text metric "
+                          "(BLEU, ...) instead decodes held-out inputs greedily at each of strength_candidates (and the "
+                          "loss's choice) with the kept weights and decodes at the best (free-running text can want "
+                          "another strength than teacher-forced loss)"},
+    )
+    strength_candidates: tuple[float, ...] = field(
+        default=(), metadata={"help": "strengths tried when strength_by is a metric (empty: alpha_grid)"}
+    )
     mixture_weight: float = field(default=0.5, metadata={"help": "small-model weight for rule=mixture"})
     cache: bool = field(default=True, metadata={"help": "record black-box log-probs once and replay them"})
     cache_dir: str | None = field(default=None, metadata={"help": "log-prob cache folder (default: under LOGITPLUG_HOME)"})
@@ -141,6 +152,15 @@ class TrainConfig:
                                 or not all(math.isfinite(a) and a >= 0 for a in self.alpha_grid)):
             raise ValueError("TrainConfig.alpha_grid needs rule='product', select_by='loss' and finite strengths >= 0, "
                              f"got {self.alpha_grid!r}")
+        self.strength_candidates = tuple(float(a) for a in self.strength_candidates)
+        if self.strength_by != "loss":
+            if self.strength_by not in METRICS or self.rule != "product":
+                raise ValueError(f"TrainConfig.strength_by must be 'loss' or a metric ({', '.join(METRICS)}) and needs "
+                                 f"rule='product', got {self.strength_by!r}")
+            candidates = self.strength_candidates or self.alpha_grid
+            if not candidates or not all(math.isfinite(a) and a >= 0 for a in candidates):
+                raise ValueError("TrainConfig.strength_by needs strengths to try (strength_candidates or alpha_grid), "
+                                 f"finite and >= 0; got {candidates!r}")
         if self.objective == "distill" and self.rule != "reweighter":
             raise ValueError("TrainConfig.objective='distill' trains the reweighter alone: set rule='reweighter'")
 
@@ -309,13 +329,19 @@ def train(
     callbacks: Sequence[Callable[[TrainState], None]] = (),
     resume: bool = True,
     selector: Callable[[Reweighter], float] | None = None,
+    strength_selector: Callable[[Reweighter, Any], float] | None = None,
 ) -> TrainResult:
     """Train a plugin; returns where it was saved. Resumes from ``output_dir/checkpoint`` if present.
 
     ``callbacks`` run after every optimizer step with the current ``TrainState``. ``selector``
     scores the reweighter after each epoch (higher is better; see ``selection.text_metric_selector``)
-    and is required when ``config.select_by`` is not ``"loss"``.
+    and is required when ``config.select_by`` is not ``"loss"``; ``strength_selector`` scores the
+    kept reweighter under a given rule, once per candidate strength, when ``config.strength_by`` is
+    not ``"loss"``.
     """
+    if config.strength_by != "loss" and strength_selector is None:
+        raise ValueError(f"strength_by={config.strength_by!r} needs a scorer that decodes held-out inputs under a given "
+                         "rule (logitplug.selection.text_metric_selector; the CLI and bench build it)")
     if config.select_by != "loss" and selector is None:
         raise ValueError(f"select_by={config.select_by!r} needs a selector that decodes held-out inputs "
                          "(logitplug.selection.text_metric_selector; the CLI and bench build it)")
@@ -496,6 +522,8 @@ def train(
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if config.strength_by != "loss":
+            _choose_strength(out / BEST_DIR, blackbox, rule, config, strength_selector)
         (out / "history.json").write_text(json.dumps(state.history, indent=2))
         for item in (out / BEST_DIR).iterdir():
             shutil.copy2(item, out / item.name)
@@ -506,6 +534,28 @@ def train(
         out, state.best_loss, zero_shot_loss, state.history,
         cache.hits if cache else 0, cache.misses if cache else 0,
     )
+
+
+def _choose_strength(folder: Path, blackbox: BlackBox, rule, config: TrainConfig,
+                     score: Callable[[Reweighter, Any], float]) -> None:
+    """Decode held-out inputs with the kept weights at each candidate strength and store the best
+    in the plugin's sidecar (ties go to the strength held-out loss chose)."""
+    sidecar = json.loads((folder / SIDECAR_NAME).read_text())
+    by_loss = float(sidecar["train_config"]["alpha"])
+    candidates = sorted(set(config.strength_candidates or config.alpha_grid) | {by_loss})
+    model = Reweighter.from_pretrained(folder, blackbox.fingerprint).eval()
+    scores = {}
+    for a in tqdm(candidates, desc=f"strength by held-out {config.strength_by}", disable=not config.progress):
+        scaled = copy.copy(rule)
+        scaled.alpha = a
+        scores[a] = float(score(model, scaled))
+    chosen = max(candidates, key=lambda a: (scores[a], a == by_loss, -abs(a - by_loss)))
+    logger.info("strength %g by held-out %s (%s); held-out loss chose %g", chosen, config.strength_by,
+                ", ".join(f"{a:g}: {v:.2f}" for a, v in scores.items()), by_loss)
+    sidecar["train_config"]["alpha"] = chosen
+    sidecar["strength_selection"] = {"by": config.strength_by, "scores": {f"{a:g}": v for a, v in scores.items()},
+                                     "by_loss": by_loss}
+    (folder / SIDECAR_NAME).write_text(json.dumps(sidecar, indent=2))
 
 
 def _slug(fingerprint: str) -> str:

@@ -61,6 +61,10 @@ def test_recipes_set_defaults_and_explicit_options_win(tmp_path, bb_dir, data):
     assert default["train_config"]["alpha"] in default["train_config"]["alpha_grid"] == [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2]
     fixed = trained("fixed", "--alpha", "0.5", "--no-support-eos")["train_config"]
     assert fixed["alpha"] == 0.5 and fixed["alpha_grid"] == [] and fixed["support_eos"] is False
+    by_bleu = trained("by-bleu", "--strength-by", "BLEU", "--strength-candidates", "0.5,1")
+    chosen = by_bleu["strength_selection"]  # held-out inputs decoded at each candidate and at the loss's choice
+    assert set(chosen["scores"]) == {"0.5", "1", f"{chosen['by_loss']:g}"}
+    assert chosen["scores"][f"{by_bleu['train_config']['alpha']:g}"] == max(chosen["scores"].values())
     res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "p1"), "--alpha-grid", "0.5,x"])
     assert res.exit_code == 2 and "--alpha-grid takes comma-separated numbers" in res.output
     paper = trained("paper", "--recipe", "paper")

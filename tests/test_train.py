@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 from logitplug.data import Example, PromptTemplate, encode_prompt
 from logitplug.combine import ProductRule
 from logitplug.decode import Decoder, GenerationConfig
-from logitplug.reweighter import Reweighter, ReweighterConfig
+from logitplug.reweighter import Reweighter, ReweighterConfig, read_sidecar
 from logitplug.train import TrainConfig, TrainingInterrupted, train
 from tiny import tiny_blackbox
 
@@ -243,6 +244,32 @@ def test_alpha_grid_picks_the_strength_with_the_lowest_held_out_loss_and_the_plu
         _config(tmp_path, alpha_grid=(0.5,), select_by="BLEU")
     with pytest.raises(ValueError, match="alpha_grid"):
         _config(tmp_path, alpha_grid=(-1.0,))
+
+
+def test_strength_by_a_text_metric_decodes_at_each_candidate_and_keeps_the_best(tmp_path):
+    from logitplug.train import trained_rule
+
+    bb = tiny_blackbox()
+    tried = []
+
+    def score(reweighter, rule):  # a stand-in for held-out BLEU that peaks at strength 1.5
+        assert isinstance(reweighter, Reweighter)
+        tried.append(rule.alpha)
+        return -abs(rule.alpha - 1.5)
+
+    cfg = _config(tmp_path, epochs=2, alpha_grid=(0.0, 0.5, 1.0), strength_by="BLEU", strength_candidates=(1.0, 1.5))
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL, strength_selector=score)
+    by_loss = min(result.history, key=lambda r: r["eval_loss"])["alpha"]
+    assert sorted(tried) == sorted({1.0, 1.5, by_loss})  # the candidates and the loss's own choice
+    assert trained_rule(result.plugin_dir).alpha == 1.5
+    chosen = read_sidecar(result.plugin_dir)["strength_selection"]
+    assert chosen["by"] == "BLEU" and chosen["by_loss"] == by_loss and set(chosen["scores"]) == {f"{a:g}" for a in tried}
+    with pytest.raises(ValueError, match="strength_selector|scorer"):
+        train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, replace(cfg, output_dir=str(tmp_path / "again")), SMALL)
+    with pytest.raises(ValueError, match="strength_by"):
+        _config(tmp_path, strength_by="BLEU")  # nothing to try
+    with pytest.raises(ValueError, match="strength_by"):
+        _config(tmp_path, strength_by="vibes", alpha_grid=(1.0,))
 
 
 def test_support_eos_puts_eos_in_the_trained_and_decoded_support(tmp_path):

@@ -26,7 +26,7 @@ from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import LogitDifference, Reweighter, ReweighterConfig
-from ..selection import demonstration_counts, fix_demonstrations, text_metric_selector
+from ..selection import demonstration_counts, fix_demonstrations, held_out_scorers
 from ..train import TrainConfig, train, trained_rule
 
 
@@ -207,11 +207,8 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
             # the config's train.cache_dir lets runs share recorded log-probs; by default each run keeps its own
             tcfg = replace(probe, output_dir=str(folder), progress=ctx.progress,
                            cache_dir=probe.cache_dir or str(ctx.models_dir / "logprob-cache"))
-            selector = None
-            if tcfg.select_by != "loss":
-                selector = text_metric_selector(ctx.blackbox, ctx.template, ctx.validation, tcfg.select_by,
-                                                tcfg.combination(ctx.blackbox.tokenizer.eos_token_id), ctx.generation, tcfg.select_inputs)
-            train(ctx.blackbox, ctx.train, ctx.validation, ctx.template, tcfg, rcfg, selector=selector)
+            scorers = held_out_scorers(tcfg, ctx.blackbox, ctx.template, ctx.validation, ctx.generation)
+            train(ctx.blackbox, ctx.train, ctx.validation, ctx.template, tcfg, rcfg, **scorers)
         sidecar = json.loads((folder / "logitplug.json").read_text())
         # lower is better: the held-out loss, or minus the selection metric
         criterion = sidecar["eval_loss"] if probe.select_by == "loss" else -sidecar["selection"]["value"]
