@@ -27,7 +27,7 @@ from .cache import LogProbCache
 from .combine import get_rule
 from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, targets_of
 from .data.augment import augment_copied_names
-from .reweighter import Reweighter, ReweighterConfig
+from .reweighter import Reweighter, ReweighterConfig, read_sidecar
 from .reweighter.model import SIDECAR_NAME
 
 logger = logging.getLogger(__name__)
@@ -148,8 +148,7 @@ class TrainConfig:
         if self.objective not in ("mle", "distill"):
             raise ValueError(f"TrainConfig.objective must be 'mle' or 'distill', got {self.objective!r}")
         self.alpha_grid = tuple(float(a) for a in self.alpha_grid)
-        if self.alpha_grid and (self.rule != "product" or self.select_by != "loss"
-                                or not all(math.isfinite(a) and a >= 0 for a in self.alpha_grid)):
+        if self.alpha_grid and (self.rule != "product" or self.select_by != "loss" or not _valid_strengths(self.alpha_grid)):
             raise ValueError("TrainConfig.alpha_grid needs rule='product', select_by='loss' and finite strengths >= 0, "
                              f"got {self.alpha_grid!r}")
         self.strength_candidates = tuple(float(a) for a in self.strength_candidates)
@@ -158,7 +157,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.strength_by must be 'loss' or a metric ({', '.join(METRICS)}) and needs "
                                  f"rule='product', got {self.strength_by!r}")
             candidates = self.strength_candidates or self.alpha_grid
-            if not candidates or not all(math.isfinite(a) and a >= 0 for a in candidates):
+            if not candidates or not _valid_strengths(candidates):
                 raise ValueError("TrainConfig.strength_by needs strengths to try (strength_candidates or alpha_grid), "
                                  f"finite and >= 0; got {candidates!r}")
         if self.objective == "distill" and self.rule != "reweighter":
@@ -268,6 +267,17 @@ def _shard_order(n: int, epoch: int, seed: int, rank: int, world: int, batch_siz
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
+def _valid_strengths(values: Sequence[float]) -> bool:
+    return all(math.isfinite(a) and a >= 0 for a in values)
+
+
+def _at_strength(rule, alpha: float):
+    """A copy of a product rule at another strength (same support and settings)."""
+    scaled = copy.copy(rule)
+    scaled.alpha = float(alpha)
+    return scaled
+
+
 def _nll(rule, bb: torch.Tensor, rw: torch.Tensor | None, targets: torch.Tensor, objective: str = "mle") -> torch.Tensor:
     """Summed loss over the N positions: negative log-likelihood of ``targets`` (N,) under the
     combined distribution, or (distill) cross-entropy from the black box's distribution."""
@@ -290,9 +300,7 @@ def _evaluate(model, accelerator, source, rule, encoded, batch_size, objective="
     ``alphas``: the same weights with the rule's strength set to each, and the teacher-forced
     top-1 accuracy at each of ``alphas``), reduced over processes."""
     model.eval()
-    scaled = [copy.copy(rule) for _ in alphas]
-    for r, a in zip(scaled, alphas):
-        r.alpha = float(a)
+    scaled = [_at_strength(rule, a) for a in alphas]
     n = len(alphas)
     sums = torch.zeros(3 + 2 * n, dtype=torch.float64)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -540,22 +548,20 @@ def _choose_strength(folder: Path, blackbox: BlackBox, rule, config: TrainConfig
                      score: Callable[[Reweighter, Any], float]) -> None:
     """Decode held-out inputs with the kept weights at each candidate strength and store the best
     in the plugin's sidecar (ties go to the strength held-out loss chose)."""
-    sidecar = json.loads((folder / SIDECAR_NAME).read_text())
+    sidecar = read_sidecar(folder)
     by_loss = float(sidecar["train_config"]["alpha"])
     candidates = sorted(set(config.strength_candidates or config.alpha_grid) | {by_loss})
     model = Reweighter.from_pretrained(folder, blackbox.fingerprint).eval()
     scores = {}
     for a in tqdm(candidates, desc=f"strength by held-out {config.strength_by}", disable=not config.progress):
-        scaled = copy.copy(rule)
-        scaled.alpha = a
-        scores[a] = float(score(model, scaled))
+        scores[a] = float(score(model, _at_strength(rule, a)))
     chosen = max(candidates, key=lambda a: (scores[a], a == by_loss, -abs(a - by_loss)))
     logger.info("strength %g by held-out %s (%s); held-out loss chose %g", chosen, config.strength_by,
                 ", ".join(f"{a:g}: {v:.2f}" for a, v in scores.items()), by_loss)
     sidecar["train_config"]["alpha"] = chosen
     sidecar["strength_selection"] = {"by": config.strength_by, "scores": {f"{a:g}": v for a, v in scores.items()},
                                      "by_loss": by_loss}
-    (folder / SIDECAR_NAME).write_text(json.dumps(sidecar, indent=2))
+    (folder / SIDECAR_NAME).write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str))
 
 
 def _slug(fingerprint: str) -> str:
@@ -568,8 +574,6 @@ def _slug(fingerprint: str) -> str:
 def trained_rule(plugin_dir: str | Path, eos_token_id: int | None = None):
     """The combination rule a saved plugin was trained through (decode with the same one);
     ``eos_token_id``: the black box's, needed by plugins trained with ``support_eos``."""
-    from .reweighter import read_sidecar
-
     saved = dict(read_sidecar(plugin_dir).get("train_config") or {})
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(output_dir="-", **{k: v for k, v in saved.items() if k in known}).combination(eos_token_id)
