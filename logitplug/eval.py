@@ -17,6 +17,7 @@ one table) and CIDEr (0-10), which keep their usual scales; every ``MetricScore`
 
 from __future__ import annotations
 
+import atexit
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -137,24 +138,43 @@ def _coco_inputs(hypotheses: Sequence[str], references: References):
 
 def meteor(hypotheses: Sequence[str], references: References) -> MetricScore:
     """METEOR 1.5 (pycocoevalcap, English, normalized), x100. Needs Java."""
-    from pycocoevalcap.meteor.meteor import Meteor
-
     gts, res = _coco_inputs(hypotheses, references)
-    scorer = Meteor()
     try:
-        score, per_item = scorer.compute_score(gts, res)
-    finally:
-        _close_meteor(scorer)
+        score, per_item = _meteor_scorer().compute_score(gts, res)
+    except (BrokenPipeError, OSError, ValueError):  # the jar died since the last call: start a fresh one
+        _stop_meteor()
+        score, per_item = _meteor_scorer().compute_score(gts, res)
     return MetricScore("METEOR", 100.0 * float(score), "meteor-1.5|lang:en|norm|tok:ptb-lower", tuple(map(float, per_item)))
 
 
-def _close_meteor(scorer) -> None:
+_METEOR: list = []  # one running METEOR jar per process: starting one (paraphrase tables) takes ~6 s
+
+
+def _meteor_scorer():
+    if _METEOR and _METEOR[0].meteor_p.poll() is not None:  # the jar has exited
+        _stop_meteor()
+    if not _METEOR:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        _METEOR.append(Meteor())
+    return _METEOR[0]
+
+
+def _stop_meteor() -> None:
     """Stop the METEOR jar now rather than at garbage collection (its __del__ then finds it stopped)."""
-    proc = getattr(scorer, "meteor_p", None)
-    if proc is not None and proc.poll() is None:
-        proc.stdin.close()
-        proc.kill()
-        proc.wait()
+    import threading
+
+    while _METEOR:
+        scorer = _METEOR.pop()
+        scorer.lock = threading.Lock()  # a failed call leaves pycocoevalcap's lock held, and __del__ takes it
+        proc = scorer.meteor_p
+        if proc.poll() is None:
+            proc.stdin.close()
+            proc.kill()
+            proc.wait()
+
+
+atexit.register(_stop_meteor)
 
 
 def cider(hypotheses: Sequence[str], references: References) -> MetricScore:
@@ -168,6 +188,16 @@ def cider(hypotheses: Sequence[str], references: References) -> MetricScore:
 
 METRICS = {"BLEU": bleu, "NIST": nist, "METEOR": meteor, "ROUGE-1": rouge_1, "ROUGE-2": rouge_2,
            "ROUGE-L": rouge_l, "CIDEr": cider}
+
+
+def metric_names(spec: str) -> tuple[str, ...]:
+    """The metrics of a spec such as ``"BLEU"`` or ``"BLEU+METEOR+ROUGE-L+CIDEr"`` (a mix, for
+    choices that should not trade one metric away for another); a ValueError names what is unknown."""
+    names = tuple(m.strip() for m in str(spec).split("+"))
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise ValueError(f"unknown metric(s) {unknown} in {spec!r}; choose from {list(METRICS)}, joined by '+' for a mix")
+    return names
 
 
 def evaluate(hypotheses: Sequence[str], references: References, metrics: Iterable[str] = tuple(METRICS)) -> dict[str, MetricScore]:

@@ -5,7 +5,8 @@ hedging over the whole vocabulary, while users read argmax text; a plugin with t
 write worse sentences (DESIGN.md). ``text_metric_selector`` gives ``train`` a scorer that decodes
 a fixed set of held-out inputs and scores them against all their references.
 ``fix_demonstrations`` uses the same scoring to choose how many demonstrations a prompt holds,
-and ``train`` (``strength_by``) to choose the reweighting strength of the kept plugin.
+and ``train`` (``strength_by``, with ``text_metrics_scorer``) to choose the reweighting strength
+of the kept plugin, by one metric or a mix.
 """
 
 from __future__ import annotations
@@ -17,8 +18,35 @@ from .blackbox import BlackBox
 from .combine import BlackBoxOnly, CombinationRule
 from .data import Example, PromptTemplate, draw_demonstrations, encode_prompt, group_by_input
 from .decode import Decoder, GenerationConfig
-from .eval import evaluate
+from .eval import evaluate, metric_names
 from .reweighter import Reweighter
+
+
+def text_metrics_scorer(
+    blackbox: BlackBox,
+    template: PromptTemplate,
+    held_out: Sequence[Example],
+    metrics: Sequence[str],
+    rule: CombinationRule,
+    generation: GenerationConfig | None = None,
+    max_inputs: int = 100,
+) -> Callable[..., dict[str, float]]:
+    """A scorer of a reweighter: each of ``metrics`` of its greedy outputs (through ``rule``, or
+    the rule given with the call) on the first ``max_inputs`` distinct held-out inputs, against
+    all their references. One decode serves every metric."""
+    inputs = [ex for ex in group_by_input(held_out) if ex.references][:max_inputs]
+    if not inputs:
+        raise ValueError("selection by a text metric needs held-out examples with targets")
+    gen = replace(generation or GenerationConfig(repetition_penalty=1.1), strategy="greedy")
+    room = blackbox.max_context - gen.max_new_tokens
+    prompts = [encode_prompt(blackbox.tokenizer, template, ex.input, room) for ex in inputs]
+    refs = [list(ex.references) for ex in inputs]
+
+    def scores(reweighter: Reweighter | None, with_rule: CombinationRule | None = None) -> dict[str, float]:
+        outputs = [g.text for g in Decoder(blackbox, reweighter, with_rule or rule, gen).generate_ids(prompts)]
+        return {m: s.score for m, s in evaluate(outputs, refs, metrics).items()}
+
+    return scores
 
 
 def text_metric_selector(
@@ -29,23 +57,11 @@ def text_metric_selector(
     rule: CombinationRule,
     generation: GenerationConfig | None = None,
     max_inputs: int = 100,
-) -> Callable[[Reweighter], float]:
-    """A scorer (higher is better) of a reweighter: ``metric`` of its greedy outputs (through
-    ``rule``, or the rule given with the call) on the first ``max_inputs`` distinct held-out
-    inputs, against all their references."""
-    inputs = [ex for ex in group_by_input(held_out) if ex.references][:max_inputs]
-    if not inputs:
-        raise ValueError("selection by a text metric needs held-out examples with targets")
-    gen = replace(generation or GenerationConfig(repetition_penalty=1.1), strategy="greedy")
-    room = blackbox.max_context - gen.max_new_tokens
-    prompts = [encode_prompt(blackbox.tokenizer, template, ex.input, room) for ex in inputs]
-    refs = [list(ex.references) for ex in inputs]
-
-    def score(reweighter: Reweighter | None, with_rule: CombinationRule | None = None) -> float:
-        outputs = [g.text for g in Decoder(blackbox, reweighter, with_rule or rule, gen).generate_ids(prompts)]
-        return evaluate(outputs, refs, [metric])[metric].score
-
-    return score
+) -> Callable[..., float]:
+    """A scorer (higher is better) of a reweighter: ``metric`` of its greedy outputs, as
+    ``text_metrics_scorer`` computes it."""
+    scores = text_metrics_scorer(blackbox, template, held_out, [metric], rule, generation, max_inputs)
+    return lambda reweighter, with_rule=None: scores(reweighter, with_rule)[metric]
 
 
 def held_out_scorers(config: Any, blackbox: BlackBox, template: PromptTemplate, held_out: Sequence[Example],
@@ -58,8 +74,8 @@ def held_out_scorers(config: Any, blackbox: BlackBox, template: PromptTemplate, 
         out["selector"] = text_metric_selector(blackbox, template, held_out, config.select_by, rule, generation,
                                                config.select_inputs)
     if config.strength_by != "loss":
-        out["strength_selector"] = text_metric_selector(blackbox, template, held_out, config.strength_by, rule,
-                                                        generation, config.select_inputs)
+        out["strength_selector"] = text_metrics_scorer(blackbox, template, held_out, metric_names(config.strength_by),
+                                                       rule, generation, config.select_inputs)
     return out
 
 

@@ -99,9 +99,10 @@ class TrainConfig:
     strength_by: str = field(
         default="loss",
         metadata={"help": "product rules: 'loss' decodes at the strength alpha_grid chose on held-out loss; a text metric "
-                          "(BLEU, ...) instead decodes held-out inputs greedily at each of strength_candidates (and the "
-                          "loss's choice) with the kept weights and decodes at the best (free-running text can want "
-                          "another strength than teacher-forced loss)"},
+                          "(BLEU, ...) or a mix (BLEU+METEOR+ROUGE-L+CIDEr: the best mean of each metric's share of "
+                          "its best score) instead decodes held-out inputs greedily at each of strength_candidates "
+                          "(and the loss's choice) with the kept weights and decodes at the best (free-running text "
+                          "can want another strength than teacher-forced loss)"},
     )
     strength_candidates: tuple[float, ...] = field(
         default=(), metadata={"help": "strengths tried when strength_by is a metric (empty: alpha_grid)"}
@@ -127,7 +128,7 @@ class TrainConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
 
     def __post_init__(self) -> None:
-        from .eval import METRICS
+        from .eval import METRICS, metric_names
 
         if self.select_by != "loss" and self.select_by not in METRICS:
             raise ValueError(f"TrainConfig.select_by must be 'loss' or a metric ({', '.join(METRICS)}), got {self.select_by!r}")
@@ -153,9 +154,15 @@ class TrainConfig:
                              f"got {self.alpha_grid!r}")
         self.strength_candidates = tuple(float(a) for a in self.strength_candidates)
         if self.strength_by != "loss":
-            if self.strength_by not in METRICS or self.rule != "product":
-                raise ValueError(f"TrainConfig.strength_by must be 'loss' or a metric ({', '.join(METRICS)}) and needs "
-                                 f"rule='product', got {self.strength_by!r}")
+            try:
+                metric_names(self.strength_by)
+            except ValueError:
+                ok = False
+            else:
+                ok = self.rule == "product"
+            if not ok:
+                raise ValueError(f"TrainConfig.strength_by must be 'loss', a metric ({', '.join(METRICS)}) or a mix "
+                                 f"joined by '+', and needs rule='product'; got {self.strength_by!r}")
             candidates = self.strength_candidates or self.alpha_grid
             if not candidates or not _valid_strengths(candidates):
                 raise ValueError("TrainConfig.strength_by needs strengths to try (strength_candidates or alpha_grid), "
@@ -337,7 +344,7 @@ def train(
     callbacks: Sequence[Callable[[TrainState], None]] = (),
     resume: bool = True,
     selector: Callable[[Reweighter], float] | None = None,
-    strength_selector: Callable[[Reweighter, Any], float] | None = None,
+    strength_selector: Callable[[Reweighter, Any], float | dict[str, float]] | None = None,
 ) -> TrainResult:
     """Train a plugin; returns where it was saved. Resumes from ``output_dir/checkpoint`` if present.
 
@@ -345,7 +352,7 @@ def train(
     scores the reweighter after each epoch (higher is better; see ``selection.text_metric_selector``)
     and is required when ``config.select_by`` is not ``"loss"``; ``strength_selector`` scores the
     kept reweighter under a given rule, once per candidate strength, when ``config.strength_by`` is
-    not ``"loss"``.
+    not ``"loss"`` (a number, or one per metric of a mix; see ``selection.text_metrics_scorer``).
     """
     if config.strength_by != "loss" and strength_selector is None:
         raise ValueError(f"strength_by={config.strength_by!r} needs a scorer that decodes held-out inputs under a given "
@@ -545,23 +552,44 @@ def train(
 
 
 def _choose_strength(folder: Path, blackbox: BlackBox, rule, config: TrainConfig,
-                     score: Callable[[Reweighter, Any], float]) -> None:
+                     score: Callable[[Reweighter, Any], float | dict[str, float]]) -> None:
     """Decode held-out inputs with the kept weights at each candidate strength and store the best
-    in the plugin's sidecar (ties go to the strength held-out loss chose)."""
+    in the plugin's sidecar. A mix of metrics is weighed by each one's share of its best score
+    across candidates, so no metric's scale dominates; ties go to the strength held-out loss chose."""
     sidecar = read_sidecar(folder)
     by_loss = float(sidecar["train_config"]["alpha"])
     candidates = sorted(set(config.strength_candidates or config.alpha_grid) | {by_loss})
     model = Reweighter.from_pretrained(folder, blackbox.fingerprint).eval()
-    scores = {}
+    scores: dict[float, dict[str, float]] = {}
     for a in tqdm(candidates, desc=f"strength by held-out {config.strength_by}", disable=not config.progress):
-        scores[a] = float(score(model, _at_strength(rule, a)))
-    chosen = max(candidates, key=lambda a: (scores[a], a == by_loss, -abs(a - by_loss)))
+        got = score(model, _at_strength(rule, a))
+        scores[a] = {k: float(v) for k, v in got.items()} if isinstance(got, dict) else {config.strength_by: float(got)}
+    combined = _shares_of_best(scores)
+    chosen = max(candidates, key=lambda a: (round(combined[a], 9), a == by_loss, -abs(a - by_loss)))
     logger.info("strength %g by held-out %s (%s); held-out loss chose %g", chosen, config.strength_by,
-                ", ".join(f"{a:g}: {v:.2f}" for a, v in scores.items()), by_loss)
+                ", ".join(f"{a:g}: {v:.3f}" for a, v in combined.items()), by_loss)
+    if chosen == 0:
+        logger.warning("the prompted black box alone (strength 0) wrote the best held-out text: this plugin does not "
+                       "help on these inputs; it will decode as the black box does")
     sidecar["train_config"]["alpha"] = chosen
-    sidecar["strength_selection"] = {"by": config.strength_by, "scores": {f"{a:g}": v for a, v in scores.items()},
-                                     "by_loss": by_loss}
+    selection: dict[str, Any] = {"by": config.strength_by, "by_loss": by_loss}
+    if all(len(v) == 1 for v in scores.values()):
+        selection["scores"] = {f"{a:g}": next(iter(v.values())) for a, v in scores.items()}
+    else:
+        selection["scores"] = {f"{a:g}": v for a, v in scores.items()}
+        selection["combined"] = {f"{a:g}": round(v, 6) for a, v in combined.items()}
+    sidecar["strength_selection"] = selection
     (folder / SIDECAR_NAME).write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str))
+
+
+def _shares_of_best(scores: dict[float, dict[str, float]]) -> dict[float, float]:
+    """Each candidate's mean, over metrics, of its score divided by the best candidate's score on
+    that metric (a metric where every candidate scores <= 0 is left out)."""
+    metrics = sorted({m for v in scores.values() for m in v})
+    best = {m: max(v.get(m, 0.0) for v in scores.values()) for m in metrics}
+    used = [m for m in metrics if best[m] > 0] or metrics
+    return {a: sum(v.get(m, 0.0) / best[m] if best[m] > 0 else v.get(m, 0.0) for m in used) / len(used)
+            for a, v in scores.items()}
 
 
 def _slug(fingerprint: str) -> str:

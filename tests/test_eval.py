@@ -55,6 +55,15 @@ def test_evaluate_and_errors():
         rouge_l(["x"], [[]])
 
 
+def test_a_metric_mix_names_its_metrics_and_rejects_unknown_ones():
+    from logitplug.eval import metric_names
+
+    assert metric_names("BLEU") == ("BLEU",)
+    assert metric_names("BLEU+METEOR+ROUGE-L+CIDEr") == ("BLEU", "METEOR", "ROUGE-L", "CIDEr")
+    with pytest.raises(ValueError, match="BLEURT"):
+        metric_names("BLEU+BLEURT")
+
+
 def test_slot_errors_on_handmade_outputs():
     mr = "name[The Eagle], eatType[coffee shop], food[French], priceRange[cheap], area[riverside], familyFriendly[yes], near[Burger King]"
     assert parse_mr(mr)["priceRange"] == "cheap"

@@ -48,3 +48,15 @@ def test_the_scores_are_the_black_boxs_real_held_out_metric():
     direct = text_metric_selector(bb, TEMPLATE.with_demonstrations(demos), ROWS[:3], "ROUGE-L", BlackBoxOnly(), gen, 3)
     assert info["demonstration_scores"]["2"] == pytest.approx(round(direct(None), 4))
     assert set(info["demonstration_scores"]) == {"0", "2"}
+
+
+def test_one_decode_scores_every_metric_of_a_mix_as_single_metric_scorers_do():
+    from logitplug.selection import text_metrics_scorer
+
+    bb = tiny_blackbox()
+    gen = GenerationConfig(max_new_tokens=8)
+    both = text_metrics_scorer(bb, TEMPLATE, ROWS[:3], ["BLEU", "ROUGE-L"], BlackBoxOnly(), gen, 3)(None)
+    assert set(both) == {"BLEU", "ROUGE-L"}
+    for metric in both:
+        alone = text_metric_selector(bb, TEMPLATE, ROWS[:3], metric, BlackBoxOnly(), gen, 3)(None)
+        assert both[metric] == pytest.approx(alone)

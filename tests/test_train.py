@@ -272,6 +272,27 @@ def test_strength_by_a_text_metric_decodes_at_each_candidate_and_keeps_the_best(
         _config(tmp_path, strength_by="vibes", alpha_grid=(1.0,))
 
 
+def test_strength_by_a_metric_mix_weighs_each_metric_by_its_share_of_the_best(tmp_path):
+    from logitplug.train import _shares_of_best, trained_rule
+
+    # BLEU alone would take 1.5; the mix takes 1.0, which gives up little BLEU for much CIDEr
+    table = {0.5: {"BLEU": 20.0, "CIDEr": 1.0}, 1.0: {"BLEU": 29.0, "CIDEr": 1.3}, 1.5: {"BLEU": 30.0, "CIDEr": 0.9}}
+    shares = _shares_of_best(table)
+    assert max(shares, key=shares.get) == 1.0 and shares[1.0] == pytest.approx((29 / 30 + 1) / 2)
+
+    def score(reweighter, rule):
+        return table.get(rule.alpha, {"BLEU": 0.0, "CIDEr": 0.0})
+
+    bb = tiny_blackbox()
+    cfg = _config(tmp_path, epochs=1, alpha_grid=(0.5,), strength_by="BLEU+CIDEr", strength_candidates=(0.5, 1.0, 1.5))
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL, strength_selector=score)
+    assert trained_rule(result.plugin_dir).alpha == 1.0
+    chosen = read_sidecar(result.plugin_dir)["strength_selection"]
+    assert chosen["scores"]["1.5"] == {"BLEU": 30.0, "CIDEr": 0.9} and max(chosen["combined"], key=chosen["combined"].get) == "1"
+    with pytest.raises(ValueError, match="strength_by"):
+        _config(tmp_path, strength_by="BLEU+vibes", alpha_grid=(1.0,))
+
+
 def test_support_eos_puts_eos_in_the_trained_and_decoded_support(tmp_path):
     from logitplug.combine import SupportProductRule
     from logitplug.train import trained_rule
