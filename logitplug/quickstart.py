@@ -22,8 +22,8 @@ from .data import TEMPLATES, Example, e2e_paper_splits, encode_prompt
 from .decode import Decoder, GenerationConfig
 from .eval import evaluate, parse_mr, slot_error_rate
 from .recipes import DEFAULT_RECIPE, get_recipe
-from .reweighter import Reweighter, ReweighterConfig
-from .selection import fix_demonstrations
+from .reweighter import Reweighter, ReweighterConfig, read_sidecar
+from .selection import fix_demonstrations, held_out_scorers
 from .train import TrainConfig, train, trained_rule
 
 
@@ -66,14 +66,19 @@ def run_quickstart(
               f"{demo_info['demonstration_scores']})")
     plugin_dir = out / f"plugin-{chosen.name}"
     tcfg = TrainConfig(output_dir=str(plugin_dir), epochs=epochs, seed=seed, cache_dir=str(out / "logprob-cache"),
-                       **chosen.train)
+                       select_inputs=50, **chosen.train)
     if (plugin_dir / "logitplug.json").exists() and not (plugin_dir / "checkpoint").exists():
         print(f"reusing the plugin already trained in {plugin_dir}")
     else:
-        result = train(bb, train_set, eval_set, prompted, tcfg, ReweighterConfig(**chosen.reweighter))
+        scorers = held_out_scorers(tcfg, bb, prompted, eval_set, gcfg)  # the recipe's strength choice, if any
+        result = train(bb, train_set, eval_set, prompted, tcfg, ReweighterConfig(**chosen.reweighter), **scorers)
         print(f"held-out loss per token: plugin {result.best_loss:.3f}, black box alone {result.blackbox_loss:.3f}")
     t_trained = time.perf_counter()
     plugin = Reweighter.from_pretrained(plugin_dir, bb.fingerprint)
+    sidecar = read_sidecar(plugin_dir)
+    strength = {"strength": sidecar["train_config"].get("alpha"), **sidecar.get("strength_selection", {})}
+    print(f"reweighting strength {strength['strength']:g}"
+          + (f" (by held-out {strength['by']}; held-out loss chose {strength['by_loss']:g})" if "by" in strength else ""))
 
     refs = [list(ex.references) for ex in test_set]
     venue_names = sorted({v for ex in splits["train"] + splits["validation"] + splits["test"]
@@ -105,7 +110,7 @@ def run_quickstart(
     for name, s in scores.items():
         print(f"{name:10s} " + " ".join(f"{s[c]:8.2f}" for c in columns))
     report = {
-        "blackbox": bb.fingerprint, "recipe": {"name": chosen.name, **chosen.settings()}, "demonstrations": demo_info, "train_rows": len(train_set), "eval_rows": len(eval_set),
+        "blackbox": bb.fingerprint, "recipe": {"name": chosen.name, **chosen.settings()}, "demonstrations": demo_info, "train_rows": len(train_set), "eval_rows": len(eval_set), "strength": strength,
         "test_inputs": len(test_set), "seed": seed, "scores": scores,
         "train_seconds": t_trained - t_start, "total_seconds": time.perf_counter() - t_start,
         "generations": [{"input": ex.input, **{k: v[i] for k, v in outputs.items()}} for i, ex in enumerate(test_set)],
