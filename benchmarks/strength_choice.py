@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from _results import save  # benchmarks/_results.py
+
 from logitplug.bench import load_config
 from logitplug.bench.runner import prepare_task
 from logitplug.blackbox import load_blackbox
@@ -69,15 +71,8 @@ def main() -> None:
         for row in r["rows"]:
             lines.append(f"| {row['alpha']:g} | " + " | ".join(f"{row[m]:.2f}" for m in metrics) + f" | {row['mix']:.4f} |")
         lines.append("")
-    table = "\n".join(lines)
-    print(table)
-    out = Path("benchmarks/results")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "strength-choice.json").write_text(json.dumps(results, indent=2))
-    (out / "strength-choice.md").write_text(
-        f"Validation (100 inputs) greedy text of each plugin's kept weights by reweighting strength; mix = "
-        f"mean share of each metric's best ({args.mix}).\n\nCommand: `python benchmarks/strength_choice.py "
-        + " ".join([args.config, *args.cells]) + "`\n\n" + table + "\n")
+    save("strength-choice", results, "Validation (100 inputs) greedy text of each plugin's kept weights by reweighting "
+         f"strength; mix = mean share of each metric's best ({args.mix}).", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+from _results import save  # benchmarks/_results.py
+
 from accelerate import Accelerator
 
 from logitplug.bench import load_config
@@ -69,15 +71,8 @@ def main() -> None:
                 text = f"**{text}**"
             cells.append(text)
         lines.append(f"| {r['task']} | {r['method']} | {r['chosen_alpha']:g} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print(table)
-    out = Path("benchmarks/results")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "strength-probe.json").write_text(json.dumps(results, indent=2))
-    (out / "strength-probe.md").write_text(
-        "Held-out loss per token / teacher-forced top-1 accuracy of each plugin's kept weights by strength "
-        "(bold: the best of each).\n\nCommand: `python benchmarks/strength_probe.py " + " ".join([args.config, *args.cells])
-        + "`\n\n" + table + "\n")
+    save("strength-probe", results, "Held-out loss per token / teacher-forced top-1 accuracy of each plugin's kept "
+         "weights by strength (bold: the best of each).", "\n".join(lines))
 
 
 if __name__ == "__main__":
