@@ -145,6 +145,7 @@ def train(
     alpha_grid: str = typer.Option("", help=_help(_T, "alpha_grid") + " (comma-separated, e.g. '0.25,0.5,1')"),
     strength_by: str = typer.Option("loss", help=_help(_T, "strength_by")),
     strength_candidates: str = typer.Option("", help=_help(_T, "strength_candidates") + " (comma-separated)"),
+    strength_margin: float = typer.Option(0.0, help=_help(_T, "strength_margin")),
     mixture_weight: float = typer.Option(0.5, help=_help(_T, "mixture_weight")),
     support_k: int = typer.Option(0, help=_help(_T, "support_k")),
     support_eos: bool = typer.Option(False, help=_help(_T, "support_eos")),

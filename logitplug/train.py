@@ -107,6 +107,12 @@ class TrainConfig:
     strength_candidates: tuple[float, ...] = field(
         default=(), metadata={"help": "strengths tried when strength_by is a metric (empty: alpha_grid)"}
     )
+    strength_margin: float = field(
+        default=0.0,
+        metadata={"help": "with strength_by a metric: the strength trained through (alpha) stands unless another scores "
+                          "more than this above it (in the mix's units, shares of each metric's best: 0.02 = 2 percent); held-out text on 100 "
+                          "inputs moves by about that much between two trainings of the same plugin"},
+    )
     mixture_weight: float = field(default=0.5, metadata={"help": "small-model weight for rule=mixture"})
     cache: bool = field(default=True, metadata={"help": "record black-box log-probs once and replay them"})
     cache_dir: str | None = field(default=None, metadata={"help": "log-prob cache folder (default: under LOGITPLUG_HOME)"})
@@ -164,6 +170,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.strength_by must be 'loss', a metric ({', '.join(METRICS)}) or a mix "
                                  f"joined by '+', and needs rule='product'; got {self.strength_by!r}")
             candidates = self.strength_candidates or self.alpha_grid
+            if not 0 <= self.strength_margin < 1:
+                raise ValueError(f"TrainConfig.strength_margin must be in [0, 1), got {self.strength_margin!r}")
             if not candidates or not _valid_strengths(candidates):
                 raise ValueError("TrainConfig.strength_by needs strengths to try (strength_candidates or alpha_grid), "
                                  f"finite and >= 0; got {candidates!r}")
@@ -551,28 +559,45 @@ def train(
     )
 
 
+def choose_strength(plugin_dir: str | Path, blackbox: BlackBox, config: TrainConfig,
+                    score: Callable[[Reweighter, Any], float | dict[str, float]]) -> None:
+    """Choose a trained plugin's decoding strength by ``config.strength_by`` after the fact (as
+    ``train`` does at its end): plugins that differ only in how the strength is chosen share one
+    training run."""
+    if config.strength_by == "loss":
+        raise ValueError("choose_strength needs config.strength_by to name a metric or a mix")
+    _choose_strength(Path(plugin_dir), blackbox, config.combination(blackbox.tokenizer.eos_token_id), config, score)
+
+
 def _choose_strength(folder: Path, blackbox: BlackBox, rule, config: TrainConfig,
                      score: Callable[[Reweighter, Any], float | dict[str, float]]) -> None:
-    """Decode held-out inputs with the kept weights at each candidate strength and store the best
+    """Decode held-out inputs with the kept weights at each candidate strength and store the choice
     in the plugin's sidecar. A mix of metrics is weighed by each one's share of its best score
-    across candidates, so no metric's scale dominates; ties go to the strength held-out loss chose."""
+    across candidates, so no metric's scale dominates. The strength trained through stands unless
+    another beats it by more than ``strength_margin`` (differences within it are noise on 100
+    inputs); ties go to the strength held-out loss chose."""
     sidecar = read_sidecar(folder)
-    by_loss = float(sidecar["train_config"]["alpha"])
-    candidates = sorted(set(config.strength_candidates or config.alpha_grid) | {by_loss})
+    # a plugin whose strength was chosen before keeps what held-out loss chose in its record
+    by_loss = float((sidecar.get("strength_selection") or {}).get("by_loss", sidecar["train_config"]["alpha"]))
+    trained = float(config.alpha)
+    candidates = sorted(set(config.strength_candidates or config.alpha_grid) | {by_loss, trained})
     model = Reweighter.from_pretrained(folder, blackbox.fingerprint).eval()
     scores: dict[float, dict[str, float]] = {}
     for a in tqdm(candidates, desc=f"strength by held-out {config.strength_by}", disable=not config.progress):
         got = score(model, _at_strength(rule, a))
         scores[a] = {k: float(v) for k, v in got.items()} if isinstance(got, dict) else {config.strength_by: float(got)}
     combined = _shares_of_best(scores)
-    chosen = max(candidates, key=lambda a: (round(combined[a], 9), a == by_loss, -abs(a - by_loss)))
-    logger.info("strength %g by held-out %s (%s); held-out loss chose %g", chosen, config.strength_by,
-                ", ".join(f"{a:g}: {v:.3f}" for a, v in combined.items()), by_loss)
+    best = max(candidates, key=lambda a: (round(combined[a], 9), a == by_loss, -abs(a - by_loss)))
+    chosen = best if combined[best] > combined[trained] + config.strength_margin else trained
+    logger.info("strength %g by held-out %s (%s; margin %g over %g); held-out loss chose %g", chosen, config.strength_by,
+                ", ".join(f"{a:g}: {v:.3f}" for a, v in combined.items()), config.strength_margin, trained, by_loss)
     if chosen == 0:
         logger.warning("the prompted black box alone (strength 0) wrote the best held-out text: this plugin does not "
                        "help on these inputs; it will decode as the black box does")
-    sidecar["train_config"]["alpha"] = chosen
-    selection: dict[str, Any] = {"by": config.strength_by, "by_loss": by_loss}
+    sidecar["train_config"].update(alpha=chosen, strength_by=config.strength_by, strength_margin=config.strength_margin,
+                                   strength_candidates=list(config.strength_candidates))
+    selection: dict[str, Any] = {"by": config.strength_by, "by_loss": by_loss, "best": best,
+                                 "margin": config.strength_margin, "trained": trained}
     if all(len(v) == 1 for v in scores.values()):
         selection["scores"] = {f"{a:g}": next(iter(v.values())) for a, v in scores.items()}
     else:

@@ -240,6 +240,29 @@ def test_plugin_methods_start_from_a_recipe_and_its_settings_key_follows_it(tiny
         parse_config(_raw(tiny_dir, tmp_path / "c", methods=["plugin"], recipe="magic"))
 
 
+def test_variants_that_differ_only_in_the_strength_choice_share_one_training_run(tiny_dir, tmp_path, monkeypatch):
+    import logitplug.bench.methods as methods
+
+    by_loss = {"name": "by-loss", "method": "plugin", "recipe": "paper", "train": {"alpha_grid": [0.5, 1.0]}}
+    by_text = {"name": "by-text", "method": "plugin", "recipe": "paper",
+               "train": {"alpha_grid": [0.5, 1.0], "strength_by": "BLEU+ROUGE-L", "strength_candidates": [0.0, 1.0]}}
+    raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[by_loss])
+    run_bench(parse_config(raw), progress=False)
+    trainings = []
+    real_train = methods.train
+    monkeypatch.setattr(methods, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
+    raw["methods"] = [by_loss, by_text]
+    run_bench(parse_config(raw), progress=False)
+    assert trainings == []  # the weights trained for by-loss serve by-text: only its strength is chosen anew
+    cell = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "by-text" / "seed0.json").read_text())
+    chosen = cell["info"]["strength_selection"]
+    assert chosen["by"] == "BLEU+ROUGE-L" and set(chosen["scores"]) >= {"0", "1"}
+    assert cell["info"]["strength"] in (0.0, 0.5, 1.0)
+    loss_cell = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "by-loss" / "seed0.json").read_text())
+    assert Path(cell["info"]["artifact"]).name.startswith(Path(loss_cell["info"]["artifact"]).name + "-strength-")
+    assert "strength_selection" not in json.loads((Path(loss_cell["info"]["artifact"]) / "logitplug.json").read_text())
+
+
 def test_model_keys_ignore_settings_left_at_their_defaults():
     from logitplug.bench.methods import _changed
     from logitplug.train import TrainConfig

@@ -291,6 +291,17 @@ def test_strength_by_a_metric_mix_weighs_each_metric_by_its_share_of_the_best(tm
     assert chosen["scores"]["1.5"] == {"BLEU": 30.0, "CIDEr": 0.9} and max(chosen["combined"], key=chosen["combined"].get) == "1"
     with pytest.raises(ValueError, match="strength_by"):
         _config(tmp_path, strength_by="BLEU+vibes", alpha_grid=(1.0,))
+    # the strength trained through (1) stands unless another leads by more than the margin
+    from logitplug.train import choose_strength
+
+    close = {0.5: {"BLEU": 30.0, "CIDEr": 1.0}, 1.0: {"BLEU": 29.4, "CIDEr": 1.0}}  # 0.5 leads by 1%
+    pick = lambda r, rule: close[rule.alpha]  # noqa: E731
+    for margin, want in ((0.0, 0.5), (0.02, 1.0)):
+        choose_strength(result.plugin_dir, bb, replace(cfg, strength_candidates=(0.5, 1.0), alpha_grid=(),
+                                                       strength_margin=margin), pick)
+        assert trained_rule(result.plugin_dir).alpha == want
+    with pytest.raises(ValueError, match="strength_margin"):
+        _config(tmp_path, strength_by="BLEU", alpha_grid=(1.0,), strength_margin=1.5)
 
 
 def test_support_eos_puts_eos_in_the_trained_and_decoded_support(tmp_path):

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import re
+import shutil
 import time
 from abc import ABC, abstractmethod
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -27,7 +28,7 @@ from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import LogitDifference, Reweighter, ReweighterConfig
 from ..selection import demonstration_counts, fix_demonstrations, held_out_scorers
-from ..train import TrainConfig, train, trained_rule
+from ..train import TrainConfig, choose_strength, train, trained_rule
 
 
 @dataclass
@@ -188,6 +189,22 @@ def _data_key(ctx: CellContext) -> str:
     return _key([(e.input, e.target) for e in ctx.train], [(e.input, e.target) for e in ctx.validation])
 
 
+_STRENGTH_CHOICE = ("strength_by", "strength_candidates", "strength_margin")
+_CHOSEN = "strength-chosen"
+
+
+def _copy_plugin(source: Path, dest: Path) -> None:
+    """A plugin folder's files (not its checkpoint or best-epoch copies), written afresh."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_file():
+            shutil.copy2(item, tmp / item.name)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
 def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweighter_overrides: dict[str, Any],
                      ) -> tuple[Reweighter, dict[str, Any]]:
     """Train one reweighter per point of the cell's hyperparameter grid (or reuse a finished one);
@@ -199,16 +216,26 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         settings = {**ctx.train_overrides, **point, **train_overrides, "seed": ctx.seed}
         rcfg = ReweighterConfig(**{**ctx.reweighter_overrides, **reweighter_overrides})
         probe = TrainConfig(output_dir="-", **settings)
-        key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx),
-                   {k: v for k, v in _changed(probe).items() if k not in ("output_dir", "cache_dir", "progress")},
-                   _changed(rcfg))
-        folder = ctx.models_dir / f"reweighter-{key}"
-        if not (folder / "logitplug.json").exists() or (folder / "checkpoint").exists():
+        changed = {k: v for k, v in _changed(probe).items() if k not in ("output_dir", "cache_dir", "progress")}
+        # how the strength is chosen after training is not part of the training run's key: variants
+        # that differ only there share the trained weights and redo just the choice
+        after = {k: changed.pop(k) for k in _STRENGTH_CHOICE if k in changed}
+        key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), changed, _changed(rcfg))
+        trained = ctx.models_dir / f"reweighter-{key}"
+        if not (trained / "logitplug.json").exists() or (trained / "checkpoint").exists():
             # the config's train.cache_dir lets runs share recorded log-probs; by default each run keeps its own
-            tcfg = replace(probe, output_dir=str(folder), progress=ctx.progress,
+            tcfg = replace(probe, output_dir=str(trained), progress=ctx.progress, strength_by="loss",
                            cache_dir=probe.cache_dir or str(ctx.models_dir / "logprob-cache"))
             scorers = held_out_scorers(tcfg, ctx.blackbox, ctx.template, ctx.validation, ctx.generation)
             train(ctx.blackbox, ctx.train, ctx.validation, ctx.template, tcfg, rcfg, **scorers)
+        folder = trained
+        if probe.strength_by != "loss":
+            folder = ctx.models_dir / f"reweighter-{key}-strength-{_key(after)}"
+            if not (folder / _CHOSEN).exists():  # (a choice interrupted before its marker is made again)
+                _copy_plugin(trained, folder)
+                scorer = held_out_scorers(probe, ctx.blackbox, ctx.template, ctx.validation, ctx.generation)
+                choose_strength(folder, ctx.blackbox, replace(probe, progress=ctx.progress), scorer["strength_selector"])
+                (folder / _CHOSEN).touch()
         sidecar = json.loads((folder / "logitplug.json").read_text())
         # lower is better: the held-out loss, or minus the selection metric
         criterion = sidecar["eval_loss"] if probe.select_by == "loss" else -sidecar["selection"]["value"]
@@ -218,6 +245,7 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
     _, folder, point, sidecar = best
     return Reweighter.from_pretrained(folder, ctx.blackbox.fingerprint), {
         "eval_loss": sidecar["eval_loss"], "selection": sidecar.get("selection"), "best_epoch": sidecar.get("best_epoch"),
+        "strength": sidecar["train_config"].get("alpha"), "strength_selection": sidecar.get("strength_selection"),
         "selected": point, "artifact": str(folder), "grid_points": len(points)}
 
 
