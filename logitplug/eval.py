@@ -195,7 +195,7 @@ def metric_names(spec: str) -> tuple[str, ...]:
     choices that should not trade one metric away for another); a ValueError names what is unknown."""
     names = tuple(m.strip() for m in str(spec).split("+"))
     unknown = [m for m in names if m not in METRICS]
-    if unknown or not names:
+    if unknown:
         raise ValueError(f"unknown metric(s) {unknown} in {spec!r}; choose from {list(METRICS)}, joined by '+' for a mix")
     return names
 

@@ -162,13 +162,11 @@ class TrainConfig:
         if self.strength_by != "loss":
             try:
                 metric_names(self.strength_by)
+                if self.rule != "product":
+                    raise ValueError
             except ValueError:
-                ok = False
-            else:
-                ok = self.rule == "product"
-            if not ok:
                 raise ValueError(f"TrainConfig.strength_by must be 'loss', a metric ({', '.join(METRICS)}) or a mix "
-                                 f"joined by '+', and needs rule='product'; got {self.strength_by!r}")
+                                 f"joined by '+', and needs rule='product'; got {self.strength_by!r}") from None
             candidates = self.strength_candidates or self.alpha_grid
             if not 0 <= self.strength_margin < 1:
                 raise ValueError(f"TrainConfig.strength_margin must be in [0, 1), got {self.strength_margin!r}")

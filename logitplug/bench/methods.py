@@ -26,7 +26,7 @@ from ..data import Example, PromptTemplate, draw_demonstrations
 from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
-from ..reweighter import LogitDifference, Reweighter, ReweighterConfig
+from ..reweighter import LogitDifference, Reweighter, ReweighterConfig, read_sidecar
 from ..selection import demonstration_counts, fix_demonstrations, held_out_scorers
 from ..train import TrainConfig, choose_strength, train, trained_rule
 
@@ -190,7 +190,6 @@ def _data_key(ctx: CellContext) -> str:
 
 
 _STRENGTH_CHOICE = ("strength_by", "strength_candidates", "strength_margin")
-_CHOSEN = "strength-chosen"
 
 
 def _copy_plugin(source: Path, dest: Path) -> None:
@@ -231,12 +230,12 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         folder = trained
         if probe.strength_by != "loss":
             folder = ctx.models_dir / f"reweighter-{key}-strength-{_key(after)}"
-            if not (folder / _CHOSEN).exists():  # (a choice interrupted before its marker is made again)
+            # the choice writes its record into the sidecar last: a copy without one is made again
+            if not (folder / "logitplug.json").exists() or "strength_selection" not in read_sidecar(folder):
                 _copy_plugin(trained, folder)
                 scorer = held_out_scorers(probe, ctx.blackbox, ctx.template, ctx.validation, ctx.generation)
                 choose_strength(folder, ctx.blackbox, replace(probe, progress=ctx.progress), scorer["strength_selector"])
-                (folder / _CHOSEN).touch()
-        sidecar = json.loads((folder / "logitplug.json").read_text())
+        sidecar = read_sidecar(folder)
         # lower is better: the held-out loss, or minus the selection metric
         criterion = sidecar["eval_loss"] if probe.select_by == "loss" else -sidecar["selection"]["value"]
         if best is None or criterion < best[0]:
