@@ -8,11 +8,26 @@ positions, which is what makes our decoding loop and ``model.generate`` agree to
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import DynamicCache
+
+
+@functools.cache
+def _cache_argument(forward_owner: type) -> str:
+    """The forward argument that takes a KV cache: transformers 5 renamed ``past_key_values`` to
+    ``cache`` (the old name warns on every call and is announced for removal in 5.40)."""
+    params = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def with_cache(module: nn.Module, cache: DynamicCache) -> dict:
+    """Keyword arguments that run ``module`` with ``cache``, updated in place, under either name."""
+    return {_cache_argument(type(module)): cache, "use_cache": True}
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -92,7 +107,7 @@ def shared_prefix(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     if P < MIN_SHARED_PREFIX:
         return None
     cache = DynamicCache(config=model.config)
-    model.base_model(input_ids=aligned[:1, :P], position_ids=offsets[None, :P], past_key_values=cache, use_cache=True)
+    model.base_model(input_ids=aligned[:1, :P], position_ids=offsets[None, :P], **with_cache(model.base_model, cache))
     cache.batch_repeat_interleave(B)
     kept = torch.arange(T - P, device=input_ids.device)[None, :].expand(B, -1)
     columns = kept + P * (kept >= starts[:, None]).long()
@@ -120,7 +135,7 @@ def selected_logits(
         if shared is not None:
             hidden = model.base_model(
                 input_ids=shared.input_ids, attention_mask=shared.attention_mask, position_ids=shared.position_ids,
-                past_key_values=shared.cache, use_cache=True,
+                **with_cache(model.base_model, shared.cache),
             ).last_hidden_state
             return head_logits(model, hidden[select.gather(1, shared.columns)])
     hidden = hidden_states(model, input_ids, attention_mask)
@@ -150,19 +165,18 @@ def prefill(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     shared = shared_prefix(model, input_ids, attention_mask) if share_prefix else None
     if shared is not None:
         out = model(input_ids=shared.input_ids, attention_mask=shared.attention_mask, position_ids=shared.position_ids,
-                    past_key_values=shared.cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1, :], StepState(out.past_key_values, shared.attention_mask)
+                    **with_cache(model, shared.cache), logits_to_keep=1)
+        return out.logits[:, -1, :], StepState(shared.cache, shared.attention_mask)
     cache = DynamicCache(config=model.config)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
-        past_key_values=cache,
-        use_cache=True,
+        **with_cache(model, cache),
         logits_to_keep=1,
     )
     # transformers' forward already soft-caps (Gemma); only head_logits must do it itself.
-    return out.logits[:, -1, :], StepState(out.past_key_values, attention_mask)
+    return out.logits[:, -1, :], StepState(cache, attention_mask)
 
 
 @torch.no_grad()
@@ -175,10 +189,8 @@ def step(model: nn.Module, state: StepState, next_tokens: torch.Tensor) -> torch
         input_ids=next_tokens[:, None],
         attention_mask=state.attention_mask,
         position_ids=positions,
-        past_key_values=state.past_key_values,
-        use_cache=True,
+        **with_cache(model, state.past_key_values),
     )
-    state.past_key_values = out.past_key_values
     return out.logits[:, -1, :]
 
 
@@ -190,10 +202,9 @@ def prefill_hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: to
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids_from_mask(attention_mask),
-        past_key_values=cache,
-        use_cache=True,
+        **with_cache(model.base_model, cache),
     )
-    return out.last_hidden_state[:, -1, :], StepState(out.past_key_values, attention_mask)
+    return out.last_hidden_state[:, -1, :], StepState(cache, attention_mask)
 
 
 @torch.no_grad()
@@ -205,10 +216,8 @@ def step_hidden(model: nn.Module, state: StepState, next_tokens: torch.Tensor) -
         input_ids=next_tokens[:, None],
         attention_mask=state.attention_mask,
         position_ids=position_ids_from_mask(state.attention_mask)[:, -1:],
-        past_key_values=state.past_key_values,
-        use_cache=True,
+        **with_cache(model.base_model, state.past_key_values),
     )
-    state.past_key_values = out.past_key_values
     return out.last_hidden_state[:, -1, :]
 
 
