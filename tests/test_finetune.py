@@ -13,8 +13,9 @@ EXAMPLES = [Example(f"name[{w}]", f"{w} is by the river.") for w in ["Aromi", "C
 def test_lora_learns_the_task_leaves_the_black_box_untouched_and_reloads(tmp_path):
     bb = tiny_blackbox()
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
-    # a random tiny model's head is the bottleneck, so the head gets adapters too here
-    cfg = LoraTrainConfig(epochs=100, batch_size=4, lr=5e-2, rank=16, lora_dropout=0.0, patience=100, progress=False,
+    # a random tiny model's head is the bottleneck, so the head gets adapters too here; lr 5e-2
+    # oscillated (2 of 4 outputs right with transformers 5.24 / peft 0.21), 1e-2 converges
+    cfg = LoraTrainConfig(epochs=100, batch_size=4, lr=1e-2, rank=16, lora_dropout=0.0, patience=100, progress=False,
                           target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "lm_head"))
     tuned = finetune_lora(bb, EXAMPLES, EXAMPLES, TEMPLATE, tmp_path / "lora", cfg)
     assert all(torch.equal(v, bb.model.state_dict()[k]) for k, v in before.items())  # the original is not modified
@@ -22,7 +23,7 @@ def test_lora_learns_the_task_leaves_the_black_box_untouched_and_reloads(tmp_pat
     gen = GenerationConfig(max_new_tokens=24)
     enc = encode_all(bb.tokenizer, TEMPLATE, EXAMPLES, 256)
     assert _mean_nll(tuned.model, enc, 4, "cpu") < 0.3 * _mean_nll(bb.model, enc, 4, "cpu")
-    # a random 2-layer model learns the shared words, not whole sentences, in a hundred steps
+    # a hundred steps teach even a random 2-layer model the shared words of the targets
     assert sum("river" in g.text for g in Decoder(tuned, config=gen).generate_ids(prompts)) >= 3
     assert not any("river" in g.text for g in Decoder(bb, config=gen).generate_ids(prompts))
     again = finetune_lora(bb, EXAMPLES, EXAMPLES, TEMPLATE, tmp_path / "lora", cfg)  # finished: loaded, not retrained
