@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results import save  # noqa: E402
 
-from logitplug.bench.runner import blackbox_label, cell_path, load_config  # noqa: E402
+from logitplug.bench.runner import _split_topk, blackbox_label, cell_path, load_config  # noqa: E402
 
 METRICS = ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr", "SER"]
 
@@ -36,21 +36,23 @@ def main() -> None:
     cfg = load_config(args.config)
     task = args.task or cfg.tasks[0]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(cfg.seeds)
-    full = next((b for b in cfg.blackboxes if "@top" not in b), None)
+    full = next((b for b in cfg.blackboxes if not _split_topk(b)[1]), None)
     if full is None:
         raise SystemExit("the config needs the full-logit black box (a name without @topK) as the reference")
 
-    rows, data = [], []
+    def read_cell(bb: str, method, seed: int) -> dict | None:
+        path = cell_path(cfg, task, bb, method.name, seed if method.seeded else None)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    data = []
     for method in cfg.methods:
-        cells_full = {s: cell_path(cfg, task, full, method.name, s if method.seeded else None) for s in seeds}
+        full_cells = {s: read_cell(full, method, s) for s in seeds}
         for bb in cfg.blackboxes:
             per_seed = []
             for s in seeds:
-                path = cell_path(cfg, task, bb, method.name, s if method.seeded else None)
-                ref_path = cells_full[s]
-                if not path.exists() or not ref_path.exists():
+                cell, ref = read_cell(bb, method, s), full_cells[s]
+                if cell is None or ref is None:
                     continue
-                cell, ref = json.loads(path.read_text()), json.loads(ref_path.read_text())
                 same = sum(a["output"] == b["output"] for a, b in zip(cell["generations"], ref["generations"]))
                 info = cell.get("info") or {}
                 per_seed.append({"seed": cell["seed"], "scores": cell["scores"], "same_as_full": same,
@@ -69,11 +71,11 @@ def main() -> None:
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for d in data:
         ref = by_key.get((d["method"], blackbox_label(full)))
-        access = d["blackbox"].split("@")[1] if "@" in d["blackbox"] else "full logits"
+        access = _split_topk(d["blackbox"])[1].lstrip("@") or "full logits"
         delta = "" if ref is None or ref is d else f"{d['mean']['BLEU'] - ref['mean']['BLEU']:+.2f}"
         same = sum(p["same_as_full"] for p in d["runs"])
         n = sum(p["n"] for p in d["runs"])
-        strengths = ",".join(sorted({str(p["strength"]) for p in d["runs"] if p["strength"] is not None})) or ""
+        strengths = ",".join(sorted({str(p["strength"]) for p in d["runs"] if p["strength"] is not None}))
         wall = statistics.mean(p["wall_seconds"] for p in d["runs"])
         lines.append(f"| {d['method']} | {access} | {len(d['runs'])} | "
                      + " | ".join(f"{d['mean'][m]:.2f}" if m in d["mean"] else "" for m in METRICS)
