@@ -32,7 +32,7 @@ _BB_HELP = ("registered name, model folder or .gguf file; NAME@topK for top-K ac
 
 
 def _load_bb(name: str, endpoint_model: Optional[str] = None, tokenizer: Optional[str] = None):
-    from .blackbox import load_blackbox, open_endpoint
+    from .blackbox import load_blackbox, open_endpoint, split_topk
 
     try:
         api = "completions"
@@ -42,9 +42,8 @@ def _load_bb(name: str, endpoint_model: Optional[str] = None, tokenizer: Optiona
             if not endpoint_model or not tokenizer:
                 _fail("an endpoint black box needs --endpoint-model (the served model's id) and --tokenizer "
                       "(a registered name or a folder with the served model's tokenizer)")
-            base, sep, k = name.rpartition("@top")
-            url, top_k = (base, int(k)) if sep and k.isdigit() else (name, 20)
-            return open_endpoint(url, endpoint_model, tokenizer, top_k=top_k, api=api)  # type: ignore[arg-type]
+            url, top_k = split_topk(name)
+            return open_endpoint(url, endpoint_model, tokenizer, top_k=20 if top_k is None else top_k, api=api)  # type: ignore[arg-type]
         return load_blackbox(name)
     except (FileNotFoundError, ModuleNotFoundError, KeyError, ValueError) as e:
         _fail(str(e))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from logitplug.blackbox import load_blackbox, tokenizer_fingerprint
+from logitplug.blackbox import load_blackbox, split_topk, tokenizer_fingerprint
 from tiny import tiny_blackbox, tiny_tokenizer
 
 
@@ -138,3 +138,14 @@ def test_topk_blackbox_is_what_a_closed_api_returns():
     assert not torch.allclose(cut, full)
     first, state = top.start(ids, mask)
     assert int((first[0] > first[0].min() + 1e-6).sum()) == 5  # five real entries, the rest uniform
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("smollm2-135m@top20", ("smollm2-135m", 20)),
+    ("http://localhost:8000/v1@top5", ("http://localhost:8000/v1", 5)),
+    ("smollm2-135m", ("smollm2-135m", None)),
+    ("model@topk", ("model@topk", None)),   # not a number: part of the name
+    ("@top5", ("@top5", None)),             # no model before the suffix
+])
+def test_topk_suffix_parses_one_way_everywhere(name, expected):
+    assert split_topk(name) == expected

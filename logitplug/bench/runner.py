@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_write_json
 from ..blackbox import load_blackbox
-from ..blackbox.registry import REGISTRY
+from ..blackbox.registry import REGISTRY, split_topk
 from ..data import TASKS, TEMPLATES, Example, get_template, group_by_input, load_task
 from ..decode import GenerationConfig
 from ..eval import METRICS, evaluate, parse_mr, require_java, slot_error_rate
@@ -188,8 +188,9 @@ def _slug(text: str) -> str:
 
 
 def _split_topk(name: str) -> tuple[str, str]:
-    base, sep, k = name.rpartition("@top")
-    return (base, f"@top{k}") if sep and k.isdigit() and base else (name, "")
+    """(NAME, "@topK") or (name, ""): the suffix kept as text for labels."""
+    base, top_k = split_topk(name)
+    return base, "" if top_k is None else f"@top{top_k}"
 
 
 def blackbox_label(name: str) -> str:

@@ -108,12 +108,19 @@ def ensure_converted(name: str, home: Path | None = None) -> Path:
     return target
 
 
+def split_topk(name: str) -> tuple[str, int | None]:
+    """``NAME@topK`` -> (NAME, K); any other name -> (name, None). One parser for the suffix that
+    the CLI, the loader and the bench runner all accept."""
+    base, sep, k = name.rpartition("@top")
+    return (base, int(k)) if sep and k.isdigit() and base else (name, None)
+
+
 def load_blackbox(name_or_path: str, device: torch.device | str | None = None) -> BlackBox:
     """A black box by registered name (``smollm2-135m``, ``gemma3-270m``), folder, or .gguf file;
     ``NAME@topK`` gives the same model seen only through its top-K log-probs (as a closed API)."""
-    base, sep, k = name_or_path.rpartition("@top")
-    if sep and k.isdigit() and base:
-        return TopKBlackBox(load_blackbox(base, device), int(k))
+    base, top_k = split_topk(name_or_path)
+    if top_k is not None:
+        return TopKBlackBox(load_blackbox(base, device), top_k)
     if name_or_path in REGISTRY:
         return LocalBlackBox.from_pretrained(ensure_converted(name_or_path), identity=name_or_path, device=device)
     path = Path(name_or_path)
