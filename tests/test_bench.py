@@ -211,6 +211,34 @@ def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path, monkeypatch
     assert set(again["info"]["seconds"]) == {"demonstrations", "train", "decode"}
 
 
+def test_recipe_prompt_is_the_plugins_own_prompt_without_the_plugin(tiny_dir, tmp_path, monkeypatch):
+    import logitplug.selection
+
+    raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], data={"train_rows": 12, "validation_rows": 6, "test_inputs": 3},
+               methods=[{"name": "plugin-icl", "method": "plugin", "icl": [0, 1]}])
+    run_bench(parse_config(raw), progress=False)
+
+    def no_decoding(*a, **k):
+        raise AssertionError("the demonstration count was chosen again")
+
+    monkeypatch.setattr(logitplug.selection, "text_metric_selector", no_decoding)  # the plugin's choice is reused
+    raw["methods"] = ["zero-shot", "icl-1", {"name": "prompt-icl", "method": "recipe-prompt", "icl": [0, 1]}]
+    run_bench(parse_config(raw), progress=False)
+    cells = tmp_path / "out" / "cells" / "commongen" / "tiny-bb"
+    plugin = json.loads((cells / "plugin-icl" / "seed0.json").read_text())
+    prompt = json.loads((cells / "prompt-icl" / "seed0.json").read_text())
+    assert prompt["info"]["demonstrations"] == plugin["info"]["demonstrations"]
+    assert prompt["info"]["demonstration_scores"] == plugin["info"]["demonstration_scores"]
+    assert "artifact" not in prompt["info"]  # nothing trained
+    # its outputs are the black box's behind that prompt: icl-K's, K the chosen count (the same draw)
+    same = "zero-shot/unseeded" if prompt["info"]["demonstrations"] == 0 else "icl-1/seed0"
+    icl = json.loads((cells / f"{same}.json").read_text())
+    assert [g["output"] for g in prompt["generations"]] == [g["output"] for g in icl["generations"]]
+    assert make_method("recipe-prompt").recipe.name == "logitplug"
+    assert make_method("recipe-prompt").recipe_settings() == {"recipe": "logitplug",
+                                                               "demonstrations": make_method("plugin").recipe.demonstrations}
+
+
 def test_plugin_methods_start_from_a_recipe_and_its_settings_key_follows_it(tiny_dir, tmp_path):
     from logitplug.bench.runner import settings_key
     from logitplug.recipes import RECIPES

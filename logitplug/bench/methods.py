@@ -144,6 +144,23 @@ class InContext(Method):
         return MethodOutput(self._decode(ctx, prompts), {"demonstrations": [asdict(d) for d in demos]})
 
 
+class RecipePrompt(Method):
+    """The black box alone behind the plugin recipe's own prompt: the same demonstrations, their
+    count chosen on validation exactly as the plugin's is (the stored choice is shared). Set
+    against the plugin it measures what the reweighting adds; set against icl-K, what choosing
+    the count on validation adds."""
+
+    def recipe_settings(self) -> dict[str, Any] | None:
+        # only the demonstrations matter here: the recipe's training settings leave these cells standing
+        return None if self._own_icl else {"recipe": self.recipe.name, "demonstrations": self.recipe.demonstrations}
+
+    def run(self, ctx: CellContext) -> MethodOutput:
+        info: dict[str, Any] = {"demonstrations": 0}
+        if self.icl:
+            ctx, info = with_demonstrations(ctx, self.icl)
+        return MethodOutput(self._decode(ctx, test_prompts(ctx)), info)
+
+
 def with_demonstrations(ctx: CellContext, k: int | tuple[int, ...]) -> tuple[CellContext, dict[str, Any]]:
     """The cell with k training examples (drawn by the seed, as icl-K draws them) fixed at the head
     of every prompt, for training and decoding alike: a plugin on top of in-context learning.
@@ -315,6 +332,8 @@ class LoraFineTune(Method):
 
 _PATTERNS: list[tuple[re.Pattern[str], Callable[..., Method], str]] = [
     (re.compile(r"zero-shot"), lambda name, m, **kw: ZeroShot(name, **kw), "the black box prompted"),
+    (re.compile(r"recipe-prompt"), lambda name, m, **kw: RecipePrompt(name, **kw),
+     "the black box behind the plugin recipe's own prompt (its demonstrations, count chosen on validation), no plugin"),
     (re.compile(r"icl-(\d+)"), lambda name, m, **kw: InContext(name, int(m[1]), **kw), "icl-K: K demonstrations"),
     (re.compile(r"small"), lambda name, m, **kw: TrainedCombination(name, "reweighter", **kw),
      "the reweighter's network trained alone"),
@@ -351,13 +370,15 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
             kw["chat"] = bool(spec.get("chat", False))
             probe = factory(str(spec["name"]), m)
             if spec.get("icl") is not None:
-                if not isinstance(probe, TrainedCombination):
+                if not isinstance(probe, (TrainedCombination, RecipePrompt)):
                     raise ValueError(f"method {spec['name']!r}: 'icl' applies to trained combinations (plugin, small, "
-                                     "mixture); for prompting alone use icl-K")
+                                     "mixture) and recipe-prompt; for prompting alone use icl-K")
                 kw["icl"] = demonstration_counts(spec["icl"])
-            if spec.get("recipe") is not None and not (isinstance(probe, TrainedCombination) and probe.rule == "product"):
-                raise ValueError(f"method {spec['name']!r}: 'recipe' applies to plugin methods (the product rule)")
-            if isinstance(probe, TrainedCombination) and probe.rule == "product":
+            takes_recipe = isinstance(probe, RecipePrompt) or isinstance(probe, TrainedCombination) and probe.rule == "product"
+            if spec.get("recipe") is not None and not takes_recipe:
+                raise ValueError(f"method {spec['name']!r}: 'recipe' applies to plugin methods (the product rule) "
+                                 "and recipe-prompt")
+            if takes_recipe:
                 kw["recipe"] = get_recipe(str(spec.get("recipe") or default_recipe))
             _check_keys(spec["name"], "generation", kw["generation"], GenerationConfig)
             _check_keys(spec["name"], "train", kw["train"], TrainConfig)
