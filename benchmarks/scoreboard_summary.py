@@ -78,20 +78,21 @@ def main() -> None:
             lora = finished(cfg, task, bb, by_name[args.ceiling]) if args.ceiling in by_name else {}
             if lora:
                 mean_lora = {m: statistics.fmean(s[m] for s in lora.values()) for m in metrics}
-                # how far below the ceiling, as % of the ceiling's score (SER: how much higher)
-                gap = {m: 100 * ((mean_plugin[m] - mean_lora[m]) if m in LOWER_IS_BETTER else (mean_lora[m] - mean_plugin[m]))
-                       / mean_lora[m] for m in metrics if mean_lora[m]}
+                # how far below the ceiling, as % of the ceiling's score; an error rate (SER) in points
+                gap = {m: mean_plugin[m] - mean_lora[m] if m in LOWER_IS_BETTER
+                       else 100 * (mean_lora[m] - mean_plugin[m]) / mean_lora[m] for m in metrics if mean_lora[m]}
                 row["ceiling"] = {"name": args.ceiling, "seeds": sorted(lora), "mean": mean_lora, "gap_percent": gap}
                 lines.append(f"| {args.ceiling} (ceiling; seeds {sorted(lora)}) | {len(lora)} | "
                              + " | ".join(f"{mean_lora[m]:.2f}" for m in metrics) + " |")
                 lines.append(f"| gap to {args.ceiling}, % of its score | | "
-                             + " | ".join(f"{gap[m]:+.1f}%" if m in gap else "" for m in metrics) + " |")
+                             + " | ".join("" if m not in gap else f"{gap[m]:+.1f} points" if m in LOWER_IS_BETTER
+                                          else f"{gap[m]:+.1f}%" for m in metrics) + " |")
             lines.append("")
             data.append(row)
     intro = ("# Scoreboard summary: the default plugin against every alternative, seed by seed\n\n"
              f"From the finished cells of `{args.config}` ({cfg.data.get('train_rows')} training rows, "
              f"{cfg.data.get('test_inputs')} test inputs where the split has them). Gap to the ceiling: "
-             "(ceiling − plugin) / ceiling for scores, (plugin − ceiling) / ceiling for SER; negative means "
+             "(ceiling − plugin) / ceiling for scores, plugin − ceiling in points for SER; negative means "
              "the plugin is ahead. A cell against an alternative reads `wins/compared` (seeds where the plugin "
              "is better; for SER lower is better) and, in brackets, the mean difference plugin − alternative "
              "over the compared seeds; the plugin's own row and the ceiling's are means over their seeds.")
