@@ -10,6 +10,7 @@ computed in this run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -64,7 +65,10 @@ def run_quickstart(
     if "demonstration_scores" in demo_info:
         print(f"demonstrations: {demo_info['demonstrations']} (validation BLEU of the black box alone by count: "
               f"{demo_info['demonstration_scores']})")
-    plugin_dir = out / f"plugin-{chosen.name}"
+    # a plugin made with other settings (recipe, data, epochs, seed, black box) is never reused
+    made_with = json.dumps([bb.fingerprint, chosen.name, chosen.settings(), train_rows, eval_rows, epochs, seed,
+                            demo_info["demonstrations"]], sort_keys=True, default=str)
+    plugin_dir = out / f"plugin-{chosen.name}-{hashlib.sha256(made_with.encode()).hexdigest()[:12]}"
     tcfg = TrainConfig(output_dir=str(plugin_dir), epochs=epochs, seed=seed, cache_dir=str(out / "logprob-cache"),
                        select_inputs=50, **chosen.train)
     if (plugin_dir / "logitplug.json").exists() and not (plugin_dir / "checkpoint").exists():

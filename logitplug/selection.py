@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from .blackbox import BlackBox
 from .combine import BlackBoxOnly, CombinationRule
 from .data import Example, PromptTemplate, draw_demonstrations, encode_prompt, group_by_input
+from .data.augment import rename_held_out
 from .decode import Decoder, GenerationConfig
 from .eval import evaluate, metric_names
 from .reweighter import Reweighter
@@ -30,13 +31,18 @@ def text_metrics_scorer(
     rule: CombinationRule,
     generation: GenerationConfig | None = None,
     max_inputs: int = 100,
+    renamed: float = 0.0,
+    seed: int = 0,
 ) -> Callable[..., dict[str, float]]:
     """A scorer of a reweighter: each of ``metrics`` of its greedy outputs (through ``rule``, or
     the rule given with the call) on the first ``max_inputs`` distinct held-out inputs, against
-    all their references. One decode serves every metric."""
+    all their references. One decode serves every metric. A seeded ``renamed`` fraction of the
+    inputs get pseudo-names for their copied names (``rename_held_out``)."""
     inputs = [ex for ex in group_by_input(held_out) if ex.references][:max_inputs]
     if not inputs:
         raise ValueError("selection by a text metric needs held-out examples with targets")
+    if renamed:
+        inputs = rename_held_out(inputs, renamed, seed)
     gen = replace(generation or GenerationConfig(repetition_penalty=1.1), strategy="greedy")
     room = blackbox.max_context - gen.max_new_tokens
     prompts = [encode_prompt(blackbox.tokenizer, template, ex.input, room) for ex in inputs]
@@ -57,10 +63,12 @@ def text_metric_selector(
     rule: CombinationRule,
     generation: GenerationConfig | None = None,
     max_inputs: int = 100,
+    renamed: float = 0.0,
+    seed: int = 0,
 ) -> Callable[..., float]:
     """A scorer (higher is better) of a reweighter: ``metric`` of its greedy outputs, as
     ``text_metrics_scorer`` computes it."""
-    scores = text_metrics_scorer(blackbox, template, held_out, [metric], rule, generation, max_inputs)
+    scores = text_metrics_scorer(blackbox, template, held_out, [metric], rule, generation, max_inputs, renamed, seed)
     return lambda reweighter, with_rule=None: scores(reweighter, with_rule)[metric]
 
 
@@ -72,10 +80,11 @@ def held_out_scorers(config: Any, blackbox: BlackBox, template: PromptTemplate, 
     out: dict[str, Callable[..., float]] = {}
     if config.select_by != "loss":
         out["selector"] = text_metric_selector(blackbox, template, held_out, config.select_by, rule, generation,
-                                               config.select_inputs)
+                                               config.select_inputs, config.select_renamed, config.seed)
     if config.strength_by != "loss":
         out["strength_selector"] = text_metrics_scorer(blackbox, template, held_out, metric_names(config.strength_by),
-                                                       rule, generation, config.select_inputs)
+                                                       rule, generation, config.select_inputs, config.select_renamed,
+                                                       config.seed)
     return out
 
 

@@ -129,6 +129,12 @@ class TrainConfig:
                           "(logitplug.data.augment)"},
     )
     select_inputs: int = field(default=100, metadata={"help": "held-out inputs decoded per epoch when select_by is a metric"})
+    select_renamed: float = field(
+        default=0.0,
+        metadata={"help": "fraction of the held-out inputs decoded for select_by or strength_by whose names copied into "
+                          "the references are replaced by pseudo-names, so the choice also sees names the plugin never "
+                          "trained on, as test inputs often have (logitplug.data.augment.rename_held_out)"},
+    )
     checkpoint_every: int = field(default=200, metadata={"help": "optimizer steps between checkpoints (0: per epoch only)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: no limit)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -150,8 +156,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.rule must be 'product', 'mixture' or 'reweighter', got {self.rule!r}")
         if self.support_k < 0 or (self.support_k and self.rule != "product"):
             raise ValueError("TrainConfig.support_k must be >= 0 and needs rule='product'")
-        if not 0 <= self.copy_augment <= 1:
-            raise ValueError(f"TrainConfig.copy_augment must be in [0, 1], got {self.copy_augment!r}")
+        for name in ("copy_augment", "select_renamed"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.objective not in ("mle", "distill"):
             raise ValueError(f"TrainConfig.objective must be 'mle' or 'distill', got {self.objective!r}")
         self.alpha_grid = tuple(float(a) for a in self.alpha_grid)

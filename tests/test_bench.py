@@ -279,9 +279,14 @@ def test_variants_that_differ_only_in_the_strength_choice_share_one_training_run
     trainings = []
     real_train = methods.train
     monkeypatch.setattr(methods, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
-    raw["methods"] = [by_loss, by_text]
+    renamed = {**by_text, "name": "renamed", "train": {**by_text["train"], "select_renamed": 1.0}}
+    raw["methods"] = [by_loss, by_text, renamed]
     run_bench(parse_config(raw), progress=False)
-    assert trainings == []  # the weights trained for by-loss serve by-text: only its strength is chosen anew
+    # the weights trained for by-loss serve by-text and renamed: only their strengths are chosen anew
+    assert trainings == []
+    folders = {json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / m / "seed0.json").read_text())
+               ["info"]["artifact"] for m in ("by-text", "renamed")}
+    assert len(folders) == 2  # renamed held-out inputs are another choice, kept apart
     cell = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "by-text" / "seed0.json").read_text())
     chosen = cell["info"]["strength_selection"]
     assert chosen["by"] == "BLEU+ROUGE-L" and set(chosen["scores"]) >= {"0", "1"}

@@ -30,3 +30,23 @@ def test_fraction_and_seed_control_which_rows_change():
     assert half == augment_copied_names(rows, 0.5, 0) and half != augment_copied_names(rows, 0.5, 1)
     with pytest.raises(ValueError, match="fraction"):
         augment_copied_names(rows, 1.5, 0)
+
+
+def test_renamed_held_out_inputs_rename_a_name_in_the_input_and_every_reference_alike():
+    from logitplug.data.augment import rename_held_out
+
+    ex = Example("name[Blue Spice], near[Burger King], food[Chinese]", None,
+                 ("Blue Spice is near Burger King.", "Try Blue Spice.", "A Chinese place."))
+    (out,) = rename_held_out([ex], 1.0, seed=3)
+    new = out.input.split("[")[1].split("]")[0]
+    assert new != "Blue Spice" and "Blue Spice" not in " ".join(out.references)
+    assert out.references[0].startswith(new) and out.references[1] == f"Try {new}."
+    # every name some reference repeats is renamed, each to one pseudo-name everywhere
+    assert "Burger King" not in out.input + out.references[0] and "Chinese" not in out.input + out.references[2]
+    assert out.references[2].endswith("place.") and out.target is None
+    rows = [Example(f"name[Venue{i}]", None, (f"Venue{i} is a pub.",)) for i in range(200)]
+    assert rename_held_out(rows, 0.0, 0) == rows
+    half = rename_held_out(rows, 0.5, 0)
+    assert 60 < sum(a != b for a, b in zip(rows, half)) < 140 and half == rename_held_out(rows, 0.5, 0)
+    with pytest.raises(ValueError, match="fraction"):
+        rename_held_out(rows, -0.1, 0)

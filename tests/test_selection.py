@@ -60,3 +60,28 @@ def test_one_decode_scores_every_metric_of_a_mix_as_single_metric_scorers_do():
     for metric in both:
         alone = text_metric_selector(bb, TEMPLATE, ROWS[:3], metric, BlackBoxOnly(), gen, 3)(None)
         assert both[metric] == pytest.approx(alone)
+
+
+def test_held_out_scorers_decode_renamed_inputs_when_the_config_asks(monkeypatch):
+    """select_renamed: the strength choice decodes held-out inputs whose names are pseudo-names, and
+    scores them against references renamed alike."""
+    from logitplug.selection import held_out_scorers
+    from logitplug.train import TrainConfig
+
+    bb = tiny_blackbox()
+    seen = {}
+
+    def fake_evaluate(outputs, refs, metrics):
+        seen["refs"] = refs
+        return {m: type("S", (), {"score": 1.0})() for m in metrics}
+
+    monkeypatch.setattr(selection, "evaluate", fake_evaluate)
+    held_out = [Example(f"name[Venue{i}]", f"Venue{i} is a pub.") for i in range(20)]
+    gen = GenerationConfig(max_new_tokens=2)
+    for renamed in (0.0, 1.0):
+        cfg = TrainConfig(output_dir="-", strength_by="BLEU", strength_candidates=(0.0, 1.0), select_renamed=renamed)
+        held_out_scorers(cfg, bb, TEMPLATE, held_out, gen)["strength_selector"](None, BlackBoxOnly())
+        kept = sum(f"Venue{i} " in r[0] for i, r in enumerate(seen["refs"]))
+        assert kept == (20 if renamed == 0 else 0)
+    with pytest.raises(ValueError, match="select_renamed"):
+        TrainConfig(output_dir="-", select_renamed=2)

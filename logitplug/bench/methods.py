@@ -235,7 +235,8 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         changed = {k: v for k, v in _changed(probe).items() if k not in ("output_dir", "cache_dir", "progress")}
         # how the strength is chosen after training is not part of the training run's key: variants
         # that differ only there share the trained weights and redo just the choice
-        after = {k: changed.pop(k) for k in _STRENGTH_CHOICE if k in changed}
+        after_only = _STRENGTH_CHOICE + (("select_renamed",) if probe.select_by == "loss" else ())
+        after = {k: changed.pop(k) for k in after_only if k in changed}
         key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), changed, _changed(rcfg))
         trained = ctx.models_dir / f"reweighter-{key}"
         if not (trained / "logitplug.json").exists() or (trained / "checkpoint").exists():

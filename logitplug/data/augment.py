@@ -27,13 +27,16 @@ _SYLLABLES = ("ka", "lo", "mi", "ven", "dar", "tho", "rel", "zu", "pan", "mor", 
               "ber", "nak", "fi", "gos", "ra", "tel", "um", "vo", "dri", "hal", "sen", "cor", "ib", "wen", "ly")
 
 
+def _names_repeated(source: str, texts: Sequence[str]) -> list[str]:
+    """Capitalized runs of ``source`` that one of ``texts`` repeats verbatim, longest first."""
+    found = {m.group(0).rstrip(".'-") for m in _CAPITALIZED_RUN.finditer(source)}
+    shared = [n for n in found if n and any(re.search(rf"(?<!\w){re.escape(n)}(?!\w)", t) for t in texts)]
+    return sorted(shared, key=len, reverse=True)
+
+
 def copied_names(example: Example) -> list[str]:
     """Capitalized runs of the input that the target repeats verbatim, longest first."""
-    if not example.target:
-        return []
-    found = {m.group(0).rstrip(".'-") for m in _CAPITALIZED_RUN.finditer(example.input)}
-    shared = [n for n in found if n and re.search(rf"(?<!\w){re.escape(n)}(?!\w)", example.target)]
-    return sorted(shared, key=len, reverse=True)
+    return _names_repeated(example.input, [example.target]) if example.target else []
 
 
 def pseudo_name(words: int, rng: random.Random) -> str:
@@ -41,17 +44,41 @@ def pseudo_name(words: int, rng: random.Random) -> str:
     return " ".join("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize() for _ in range(words))
 
 
-def substitute_names(example: Example, rng: random.Random) -> Example:
-    """``example`` with every copied name replaced by one pseudo-name, the same in input and target."""
-    names = copied_names(example)
-    if not names:
-        return example
-    inp, tgt = example.input, example.target or ""
+def _rename(example: Example, names: Sequence[str], rng: random.Random) -> Example:
+    """``example`` with each of ``names`` replaced by one pseudo-name in its input, target and references."""
+    inp, target, refs = example.input, example.target, list(example.references)
     for name in names:
         new = pseudo_name(len(name.split(" ")), rng)
         pattern = re.compile(rf"(?<!\w){re.escape(name)}(?!\w)")
-        inp, tgt = pattern.sub(new, inp), pattern.sub(new, tgt)
-    return replace(example, input=inp, target=tgt)
+        inp = pattern.sub(new, inp)
+        target = pattern.sub(new, target) if target else target
+        refs = [pattern.sub(new, r) for r in refs]
+    return replace(example, input=inp, target=target, references=tuple(refs))
+
+
+def substitute_names(example: Example, rng: random.Random) -> Example:
+    """``example`` with every copied name replaced by one pseudo-name, the same in input and target."""
+    names = copied_names(example)
+    return _rename(example, names, rng) if names else example
+
+
+def rename_held_out(examples: Sequence[Example], fraction: float, seed: int) -> list[Example]:
+    """Held-out inputs for choosing by greedy text, a seeded ``fraction`` of them with their copied
+    names (those any reference repeats) replaced by pseudo-names in the input and every reference.
+
+    Held-out rows usually name the same entities as the training rows (E2E's validation split has
+    the training part's venues), while test inputs often name new ones. A strength that pushes the
+    plugin's learned names looks best on the former and costs on the latter; renamed inputs let a
+    choice made on held-out data see that cost."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"renamed held-out fraction must be in [0, 1], got {fraction}")
+    rng = random.Random(seed)
+    out = []
+    for ex in examples:
+        texts = ex.references or ((ex.target,) if ex.target else ())
+        renamed = texts and rng.random() < fraction
+        out.append(_rename(ex, _names_repeated(ex.input, texts), rng) if renamed else ex)
+    return out
 
 
 def augment_copied_names(examples: Sequence[Example], fraction: float, seed: int) -> list[Example]:
