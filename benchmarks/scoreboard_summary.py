@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import save  # noqa: E402
 
 from logitplug.bench import load_config  # noqa: E402
-from logitplug.bench.runner import blackbox_label, cell_path, settings_key  # noqa: E402
+from logitplug.bench.runner import blackbox_label, cell_path, current_cell, settings_key  # noqa: E402
 
 METRICS = ["BLEU", "METEOR", "ROUGE-L", "CIDEr", "SER"]   # the four, and faithfulness on E2E
 LOWER_IS_BETTER = {"SER"}
@@ -31,11 +31,9 @@ def finished(cfg, task: str, bb: str, method) -> dict[int | None, dict[str, floa
     key = settings_key(cfg, method, task)
     out = {}
     for seed in (cfg.seeds if method.seeded else [None]):
-        path = cell_path(cfg, task, bb, method.name, seed)
-        if path.exists():
-            rec = json.loads(path.read_text())
-            if rec.get("settings_key") == key:
-                out[seed] = rec["scores"]
+        rec = current_cell(cell_path(cfg, task, bb, method.name, seed), key)
+        if rec is not None:
+            out[seed] = rec["scores"]
     return out
 
 

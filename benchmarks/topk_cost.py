@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _results import save  # noqa: E402
 
-from logitplug.bench.runner import _split_topk, blackbox_label, cell_path, load_config  # noqa: E402
+from logitplug.blackbox import split_topk  # noqa: E402
+from logitplug.bench.runner import blackbox_label, cell_path, load_config  # noqa: E402
 
 METRICS = ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr", "SER"]
 
@@ -36,7 +37,7 @@ def main() -> None:
     cfg = load_config(args.config)
     task = args.task or cfg.tasks[0]
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(cfg.seeds)
-    full = next((b for b in cfg.blackboxes if not _split_topk(b)[1]), None)
+    full = next((b for b in cfg.blackboxes if split_topk(b)[1] is None), None)
     if full is None:
         raise SystemExit("the config needs the full-logit black box (a name without @topK) as the reference")
 
@@ -71,7 +72,8 @@ def main() -> None:
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for d in data:
         ref = by_key.get((d["method"], blackbox_label(full)))
-        access = _split_topk(d["blackbox"])[1].lstrip("@") or "full logits"
+        top_k = split_topk(d["blackbox"])[1]
+        access = "full logits" if top_k is None else f"top{top_k}"
         delta = "" if ref is None or ref is d else f"{d['mean']['BLEU'] - ref['mean']['BLEU']:+.2f}"
         same = sum(p["same_as_full"] for p in d["runs"])
         n = sum(p["n"] for p in d["runs"])

@@ -222,17 +222,26 @@ def settings_key(cfg: BenchConfig, method: Method, task: str | None = None) -> s
     return _key(*parts, recipe) if recipe is not None else _key(*parts)
 
 
-def _is_done(path: Path, key: str) -> bool:
-    if not path.exists():
-        return False
+def _read_cell(path: Path) -> dict[str, Any] | None:
     try:
-        found = json.loads(path.read_text()).get("settings_key")
-    except json.JSONDecodeError:
-        return False
-    if found != key:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def current_cell(path: Path, key: str) -> dict[str, Any] | None:
+    """A finished cell's record if it was made with the settings ``key`` stands for (see
+    ``settings_key``); None for a missing, unreadable or stale cell, which a rerun would redo."""
+    rec = _read_cell(path)
+    return rec if rec is not None and rec.get("settings_key") == key else None
+
+
+def _is_done(path: Path, key: str) -> bool:
+    if current_cell(path, key) is not None:
+        return True
+    if _read_cell(path) is not None:
         print(f"{path}: made with other settings; it will run again")
-        return False
-    return True
+    return False
 
 
 @dataclass
