@@ -440,6 +440,8 @@ def bench(
     task and black box. Methods: zero-shot, icl-K, small, mixture-A, plugin, proxy-tuning[-A], lora,
     or a variant {name, method, train, reweighter, lora}.
     """
+    import copy
+
     from .bench import BenchConfigError, load_config, run_bench
     from .train import TrainingInterrupted
 
@@ -452,6 +454,7 @@ def bench(
                 cfg.seeds = [int(s) for s in seeds.split(",") if s.strip()]
             except ValueError:
                 _fail(f"--seeds takes comma-separated integers, got {seeds!r}")
+        whole = copy.copy(cfg)  # the table and plots cover the whole config, whatever runs now
         if methods is not None:
             wanted = [m.strip() for m in methods.split(",") if m.strip()]
             unknown = sorted(set(wanted) - {m.name for m in cfg.methods})
@@ -464,7 +467,7 @@ def bench(
             if unknown:
                 _fail(f"--tasks: {unknown} are not in {config}; it has {cfg.tasks}")
             cfg.tasks = [t for t in cfg.tasks if t in wanted]
-        table = run_bench(cfg, progress=progress, only_report=report_only)
+        table = run_bench(cfg, progress=progress, only_report=report_only, report=whole)
     except (BenchConfigError, FileNotFoundError, RuntimeError) as e:
         if isinstance(e, TrainingInterrupted):
             _fail(f"{e}\nFinished cells are kept; run the same bench command again to resume.")

@@ -200,3 +200,19 @@ def test_serve_tells_how_to_prompt_a_plugin_trained_with_demonstrations(tmp_path
     assert "is a pub." not in res.output  # the example prompt a client sends has no demonstration in it
     res = runner.invoke(app, ["serve", "--blackbox", str(bb_dir), "--plugin", str(out), "--no-demonstrations"])
     assert res.exit_code == 0 and "is a pub." in res.output  # now the client must send them
+
+
+def test_bench_running_some_methods_keeps_the_whole_configs_table(tmp_path, bb_dir):
+    import yaml
+
+    cfg = tmp_path / "bench.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "out"), "tasks": ["commongen"], "blackboxes": [str(bb_dir)],
+        "methods": ["zero-shot", "icl-1"], "seeds": [0], "metrics": ["BLEU"],
+        "data": {"train_rows": 8, "validation_rows": 4, "test_inputs": 2},
+        "generation": {"max_new_tokens": 3, "batch_size": 2}}))
+    for method in ("zero-shot", "icl-1"):
+        res = runner.invoke(app, ["bench", str(cfg), "--methods", method, "--no-progress"])
+        assert res.exit_code == 0, res.output
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| zero-shot |" in table and "| icl-1 |" in table  # the first run's cell is still in the table

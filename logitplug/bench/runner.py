@@ -296,8 +296,10 @@ def score(cfg: BenchConfig, task: str, data: TaskData, outputs: list[str]) -> di
     return scores
 
 
-def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False) -> Path:
-    """Run every unfinished cell, then write the table and plots; returns the Markdown table's path."""
+def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False,
+              report: BenchConfig | None = None) -> Path:
+    """Run every unfinished cell, then write the table and plots (of ``report``, e.g. the whole
+    config when ``cfg`` runs only some of its tasks or methods); returns the Markdown table's path."""
     if any(m in ("METEOR", "CIDEr") for m in cfg.metrics):
         require_java()  # fail now, not after the first cell's training
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
@@ -351,4 +353,4 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
         tqdm.write(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {'-' if seed is None else seed}{shown}: "
                    + ", ".join(f"{k} {v:.2f}" for k, v in record["scores"].items()) + f" ({seconds:.0f} s)")
     bar.close()
-    return write_report(cfg)
+    return write_report(report or cfg)
