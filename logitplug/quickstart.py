@@ -115,10 +115,11 @@ def run_quickstart(
         print(f"{name:10s} " + " ".join(f"{s[c]:8.2f}" for c in columns))
     report = {
         "blackbox": bb.fingerprint, "recipe": {"name": chosen.name, **chosen.settings()}, "demonstrations": demo_info, "train_rows": len(train_set), "eval_rows": len(eval_set), "strength": strength,
-        "test_inputs": len(test_set), "seed": seed, "scores": scores,
+        "test_inputs": len(test_set), "seed": seed, "scores": scores, "plugin_dir": str(plugin_dir),
         "train_seconds": t_trained - t_start, "total_seconds": time.perf_counter() - t_start,
         "generations": [{"input": ex.input, **{k: v[i] for k, v in outputs.items()}} for i, ex in enumerate(test_set)],
     }
     (out / "results.json").write_text(json.dumps(report, indent=2))
-    print(f"\nresults and all generations: {out / 'results.json'} (total {report['total_seconds']:.0f} s)")
+    print(f"\nthe plugin (for `logitplug generate --plugin`): {plugin_dir}")
+    print(f"results and all generations: {out / 'results.json'} (total {report['total_seconds']:.0f} s)")
     return report

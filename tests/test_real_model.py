@@ -1,5 +1,7 @@
 """Real-model tests on SmolLM2-135M-Instruct (offline, from the PyPI package). Marked slow."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -83,6 +85,10 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path, capsys):
     assert report["recipe"]["name"] == "logitplug" and report["train_rows"] == 23
     assert len(report["generations"]) == 4
     assert (tmp_path / "results.json").exists()
+    assert (Path(report["plugin_dir"]) / "logitplug.json").exists() and str(report["plugin_dir"]) in printed
+    # a plugin made with other settings is never reused: another seed trains into another folder
+    again = run_quickstart(None, tmp_path, "smollm2-135m", train_rows=24, eval_rows=8, test_inputs=2, epochs=1, seed=1)
+    assert again["plugin_dir"] != report["plugin_dir"]
 
 
 def test_client_against_our_server_serving_smollm2_matches_local_access(smollm2, e2e, tmp_path):
