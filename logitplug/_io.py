@@ -1,7 +1,8 @@
-"""Writing files so that a reader (or a crash) never sees half of one."""
+"""Writing files so that a reader (or a crash) never sees half of one, and naming them by what made them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -20,3 +21,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, data: Any, **dump_kwargs: Any) -> None:
     atomic_write_bytes(path, json.dumps(data, **dump_kwargs).encode())
+
+
+def stable_key(*parts: Any) -> str:
+    """A short stable name for JSON-able settings: artifacts made with other settings get another
+    folder instead of being reused."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -10,13 +10,13 @@ computed in this run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
 from pathlib import Path
 from typing import Sequence
 
+from ._io import stable_key
 from .blackbox import load_blackbox
 from .combine import BlackBoxOnly
 from .data import TEMPLATES, Example, e2e_paper_splits, encode_prompt
@@ -66,9 +66,9 @@ def run_quickstart(
         print(f"demonstrations: {demo_info['demonstrations']} (validation BLEU of the black box alone by count: "
               f"{demo_info['demonstration_scores']})")
     # a plugin made with other settings (recipe, data, epochs, seed, black box) is never reused
-    made_with = json.dumps([bb.fingerprint, chosen.name, chosen.settings(), train_rows, eval_rows, epochs, seed,
-                            demo_info["demonstrations"]], sort_keys=True, default=str)
-    plugin_dir = out / f"plugin-{chosen.name}-{hashlib.sha256(made_with.encode()).hexdigest()[:12]}"
+    made_with = stable_key(bb.fingerprint, chosen.name, chosen.settings(), train_rows, eval_rows, epochs, seed,
+                           demo_info["demonstrations"])
+    plugin_dir = out / f"plugin-{chosen.name}-{made_with}"
     tcfg = TrainConfig(output_dir=str(plugin_dir), epochs=epochs, seed=seed, cache_dir=str(out / "logprob-cache"),
                        select_inputs=50, **chosen.train)
     if (plugin_dir / "logitplug.json").exists() and not (plugin_dir / "checkpoint").exists():

@@ -9,7 +9,6 @@ and a rerun reuses what is finished.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import re
@@ -20,6 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .._io import stable_key as _key
 from ..blackbox import LocalBlackBox
 from ..combine import BlackBoxOnly, ProductRule
 from ..data import Example, PromptTemplate, draw_demonstrations
@@ -184,10 +184,6 @@ def with_demonstrations(ctx: CellContext, k: int | tuple[int, ...]) -> tuple[Cel
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(info, indent=2))
     return replace(ctx, template=template, train=rest), info
-
-
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _changed(obj: Any) -> dict[str, Any]:

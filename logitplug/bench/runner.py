@@ -237,11 +237,10 @@ def current_cell(path: Path, key: str) -> dict[str, Any] | None:
 
 
 def _is_done(path: Path, key: str) -> bool:
-    if current_cell(path, key) is not None:
-        return True
-    if _read_cell(path) is not None:
+    rec = _read_cell(path)
+    if rec is not None and rec.get("settings_key") != key:
         print(f"{path}: made with other settings; it will run again")
-    return False
+    return rec is not None and rec.get("settings_key") == key
 
 
 @dataclass
