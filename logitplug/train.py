@@ -556,6 +556,10 @@ def train(
         for item in (out / BEST_DIR).iterdir():
             shutil.copy2(item, out / item.name)
         shutil.rmtree(ckpt, ignore_errors=True)
+        # the kept epoch now lies in out itself; a second copy of the weights would only cost disk
+        # (half a gigabyte for a Gemma-vocabulary reweighter). Removed after the checkpoint, so an
+        # interruption before this point resumes with both still in place.
+        shutil.rmtree(out / BEST_DIR, ignore_errors=True)
     accelerator.wait_for_everyone()
     zero_shot_loss = state.history[-1]["blackbox_eval_loss"] if state.history else math.nan
     return TrainResult(

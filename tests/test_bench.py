@@ -1,6 +1,7 @@
 """The bench runner on a tiny random-weight black box and a few real CommonGen rows."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -294,6 +295,18 @@ def test_variants_that_differ_only_in_the_strength_choice_share_one_training_run
     loss_cell = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "by-loss" / "seed0.json").read_text())
     assert Path(cell["info"]["artifact"]).name.startswith(Path(loss_cell["info"]["artifact"]).name + "-strength-")
     assert "strength_selection" not in json.loads((Path(loss_cell["info"]["artifact"]) / "logitplug.json").read_text())
+    # the choice's folder shares the trained weights (a hard link), and saving into it never writes through
+    trained_weights = Path(loss_cell["info"]["artifact"]) / "model.safetensors"
+    chosen_weights = Path(cell["info"]["artifact"]) / "model.safetensors"
+    assert os.path.samefile(trained_weights, chosen_weights)
+    before = trained_weights.read_bytes()
+    fingerprint = cell["blackbox_fingerprint"]
+    rw = Reweighter.from_pretrained(cell["info"]["artifact"], fingerprint)
+    with torch.no_grad():
+        for p in rw.parameters():
+            p.add_(1.0)
+    rw.save_pretrained(cell["info"]["artifact"], fingerprint)
+    assert trained_weights.read_bytes() == before and chosen_weights.read_bytes() != before
 
 
 def test_model_keys_ignore_settings_left_at_their_defaults():

@@ -38,6 +38,7 @@ def test_plugin_overfits_eight_examples_and_greedy_reproduces_them(tmp_path):
         assert [g.text for g in gens] == [e.target for e in EXAMPLES]
         assert all(g.finish_reason == "eos" for g in gens)
     assert not (result.plugin_dir / "checkpoint").exists()
+    assert not (result.plugin_dir / "best").exists()  # the kept epoch is the folder itself; no second copy
     with pytest.raises(FileExistsError, match="already holds a trained plugin"):
         train(bb, EXAMPLES, EXAMPLES, TEMPLATE, _config(tmp_path, epochs=1), SMALL)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shutil
 import time
@@ -26,7 +27,7 @@ from ..data import Example, PromptTemplate, draw_demonstrations
 from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
-from ..reweighter import LogitDifference, Reweighter, ReweighterConfig, read_sidecar
+from ..reweighter import WEIGHTS_NAME, LogitDifference, Reweighter, ReweighterConfig, read_sidecar
 from ..selection import demonstration_counts, fix_demonstrations, held_out_scorers
 from ..train import TrainConfig, choose_strength, train, trained_rule
 
@@ -206,13 +207,22 @@ _STRENGTH_CHOICE = ("strength_by", "strength_candidates", "strength_margin")
 
 
 def _copy_plugin(source: Path, dest: Path) -> None:
-    """A plugin folder's files (not its checkpoint or best-epoch copies), written afresh."""
+    """A plugin folder's files (not its checkpoint), written afresh. The weights are hard-linked
+    where the file system allows (only the sidecar differs between the copies, and nothing writes
+    weights in place), so each strength choice costs kilobytes instead of another copy."""
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for item in source.iterdir():
-        if item.is_file():
-            shutil.copy2(item, tmp / item.name)
+        if not item.is_file():
+            continue
+        if item.name == WEIGHTS_NAME:
+            try:
+                os.link(item, tmp / item.name)
+                continue
+            except OSError:  # another device, or links unsupported: copy
+                pass
+        shutil.copy2(item, tmp / item.name)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 

@@ -247,6 +247,8 @@ class Reweighter(nn.Module):
             state.update({f"{EXTRA_PREFIX}{name}.{k}": v.detach().contiguous().cpu() for k, v in module.state_dict().items()})
         if self.config.tie_embeddings:
             state.pop("lm_head.weight", None)
+        # a fresh file, never written through: the bench hard-links weights into derived plugin folders
+        (path / WEIGHTS_NAME).unlink(missing_ok=True)
         save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt"})
         sidecar = {"blackbox": blackbox_fingerprint, "logitplug_version": __version__, **(extra or {})}
         (path / SIDECAR_NAME).write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str))
