@@ -23,12 +23,26 @@ def test_lora_learns_the_task_leaves_the_black_box_untouched_and_reloads(tmp_pat
     gen = GenerationConfig(max_new_tokens=24)
     enc = encode_all(bb.tokenizer, TEMPLATE, EXAMPLES, 256)
     assert _mean_nll(tuned.model, enc, 4, "cpu") < 0.3 * _mean_nll(bb.model, enc, 4, "cpu")
-    # a hundred steps teach even a random 2-layer model the shared words of the targets
-    assert sum("river" in g.text for g in Decoder(tuned, config=gen).generate_ids(prompts)) >= 3
-    assert not any("river" in g.text for g in Decoder(bb, config=gen).generate_ids(prompts))
+    # a hundred steps teach even a random 2-layer model the targets: teacher-forced, its top-1 token
+    # is the target almost everywhere (free-running text from a random model is too sensitive to
+    # optimizer and library versions to threshold; it only has to decode through the adapters)
+    assert _top1_accuracy(tuned, enc) >= 0.9 > 0.2 >= _top1_accuracy(bb, enc)
+    assert all(g.text for g in Decoder(tuned, config=gen).generate_ids(prompts))
     again = finetune_lora(bb, EXAMPLES, EXAMPLES, TEMPLATE, tmp_path / "lora", cfg)  # finished: loaded, not retrained
     ids = torch.tensor([prompts[0]])
     torch.testing.assert_close(again.logprobs_at(ids, torch.ones_like(ids)), tuned.logprobs_at(ids, torch.ones_like(ids)))
+
+
+def _top1_accuracy(blackbox, encoded) -> float:
+    """Share of target tokens (EOS included) that are the model's top-1 given the true prefix."""
+    hits = total = 0
+    for e in encoded:
+        ids = torch.tensor([e.input_ids])
+        logprobs = blackbox.logprobs_at(ids, torch.ones_like(ids))[0]
+        predicted = logprobs[e.prompt_len - 1:-1].argmax(-1)
+        hits += int((predicted == ids[0, e.prompt_len:]).sum())
+        total += len(e.input_ids) - e.prompt_len
+    return hits / total
 
 
 def test_lora_refuses_bad_settings_and_missing_validation(tmp_path):
