@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# the issue's four text metrics, and the slot error rate (E2E's faithfulness; lower is better)
+METRICS = ["BLEU", "METEOR", "ROUGE-L", "CIDEr", "SER"]
+LOWER_IS_BETTER = {"SER"}
+
 
 def save(name: str, data: Any, intro: str, table: str) -> None:
     """Print ``table`` and write ``data`` as JSON and ``intro`` + the exact command + ``table`` as Markdown."""

@@ -17,13 +17,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import save  # noqa: E402
+from _results import LOWER_IS_BETTER, METRICS, save  # noqa: E402
 
 from logitplug.bench import load_config  # noqa: E402
 from logitplug.bench.runner import blackbox_label, cell_path, current_cell, settings_key  # noqa: E402
-
-METRICS = ["BLEU", "METEOR", "ROUGE-L", "CIDEr", "SER"]   # the four, and faithfulness on E2E
-LOWER_IS_BETTER = {"SER"}
 
 
 def finished(cfg, task: str, bb: str, method) -> dict[int | None, dict[str, float]]:

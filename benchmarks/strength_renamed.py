@@ -17,12 +17,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import save  # noqa: E402
+from _results import METRICS, save  # noqa: E402
 
 from logitplug.bench import load_config  # noqa: E402
 from logitplug.bench.runner import blackbox_label, cell_path, current_cell, settings_key  # noqa: E402
-
-METRICS = ["BLEU", "METEOR", "ROUGE-L", "CIDEr", "SER"]
 
 
 def cell_at(revision: str, path: Path) -> dict | None:
