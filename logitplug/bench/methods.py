@@ -381,7 +381,7 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
                     raise ValueError(f"method {spec['name']!r}: 'icl' applies to trained combinations (plugin, small, "
                                      "mixture) and recipe-prompt; for prompting alone use icl-K")
                 kw["icl"] = demonstration_counts(spec["icl"])
-            takes_recipe = isinstance(probe, RecipePrompt) or isinstance(probe, TrainedCombination) and probe.rule == "product"
+            takes_recipe = isinstance(probe, RecipePrompt) or (isinstance(probe, TrainedCombination) and probe.rule == "product")
             if spec.get("recipe") is not None and not takes_recipe:
                 raise ValueError(f"method {spec['name']!r}: 'recipe' applies to plugin methods (the product rule) "
                                  "and recipe-prompt")
