@@ -50,8 +50,13 @@ def text_metrics_scorer(
 
     def scores(reweighter: Reweighter | None, with_rule: CombinationRule | None = None) -> dict[str, float]:
         outputs = [g.text for g in Decoder(blackbox, reweighter, with_rule or rule, gen).generate_ids(prompts)]
+        scores.last_outputs = outputs  # type: ignore[attr-defined]
         return {m: s.score for m, s in evaluate(outputs, refs, metrics).items()}
 
+    # what was decoded and against what, so a choice can be re-examined without decoding again
+    scores.inputs = [ex.input for ex in inputs]  # type: ignore[attr-defined]
+    scores.references = refs  # type: ignore[attr-defined]
+    scores.last_outputs = []  # type: ignore[attr-defined]
     return scores
 
 

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
+STRENGTH_OUTPUTS_NAME = "strength_outputs.json"  # held-out texts decoded at each candidate strength
 STATE_NAME = "trainer_state.json"
 
 
@@ -592,9 +593,16 @@ def _choose_strength(folder: Path, blackbox: BlackBox, rule, config: TrainConfig
     candidates = sorted(set(config.strength_candidates or config.alpha_grid) | {by_loss, trained})
     model = Reweighter.from_pretrained(folder, blackbox.fingerprint).eval()
     scores: dict[float, dict[str, float]] = {}
+    outputs: dict[str, list[str]] = {}
     for a in tqdm(candidates, desc=f"strength by held-out {config.strength_by}", disable=not config.progress):
         got = score(model, _at_strength(rule, a))
         scores[a] = {k: float(v) for k, v in got.items()} if isinstance(got, dict) else {config.strength_by: float(got)}
+        if getattr(score, "last_outputs", None):
+            outputs[f"{a:g}"] = list(score.last_outputs)  # type: ignore[attr-defined]
+    if outputs:  # the held-out text behind the choice, for re-examining it (e.g. by bootstrap) without decoding
+        (folder / STRENGTH_OUTPUTS_NAME).write_text(json.dumps(
+            {"inputs": score.inputs, "references": score.references, "outputs": outputs},  # type: ignore[attr-defined]
+            indent=1, ensure_ascii=False))
     combined = _shares_of_best(scores)
     best = max(candidates, key=lambda a: (round(combined[a], 9), a == by_loss, -abs(a - by_loss)))
     chosen = best if combined[best] > combined[trained] + config.strength_margin else trained

@@ -273,6 +273,25 @@ def test_strength_by_a_text_metric_decodes_at_each_candidate_and_keeps_the_best(
         _config(tmp_path, strength_by="vibes", alpha_grid=(1.0,))
 
 
+def test_the_strength_choice_keeps_the_held_out_text_it_scored(tmp_path):
+    import json
+
+    from logitplug.eval import rouge_l
+    from logitplug.selection import held_out_scorers
+    from logitplug.train import STRENGTH_OUTPUTS_NAME
+
+    bb = tiny_blackbox()
+    cfg = _config(tmp_path, epochs=1, alpha_grid=(1.0,), strength_by="BLEU+ROUGE-L", strength_candidates=(0.0, 1.0))
+    scorers = held_out_scorers(cfg, bb, TEMPLATE, EXAMPLES[:4], GenerationConfig(max_new_tokens=6))
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL, **scorers)
+    kept = json.loads((result.plugin_dir / STRENGTH_OUTPUTS_NAME).read_text())
+    assert kept["inputs"] == [e.input for e in EXAMPLES[:4]] and kept["references"] == [[e.target] for e in EXAMPLES[:4]]
+    assert set(kept["outputs"]) == {"0", "1"} and all(len(texts) == 4 for texts in kept["outputs"].values())
+    chosen = read_sidecar(result.plugin_dir)["strength_selection"]["scores"]
+    for strength, texts in kept["outputs"].items():  # the stored texts are the ones the choice scored
+        assert rouge_l(texts, kept["references"]).score == pytest.approx(chosen[strength]["ROUGE-L"])
+
+
 def test_strength_by_a_metric_mix_weighs_each_metric_by_its_share_of_the_best(tmp_path):
     from logitplug.train import _shares_of_best, trained_rule
 
