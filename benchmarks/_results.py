@@ -20,3 +20,14 @@ def save(name: str, data: Any, intro: str, table: str) -> None:
     (out / f"{name}.json").write_text(json.dumps(data, indent=2))
     command = " ".join(["python", *sys.argv])
     (out / f"{name}.md").write_text(f"{intro}\n\nCommand: `{command}`\n\n{table}\n")
+
+
+def finished_cells(cfg: Any, task: str, blackbox: str, method: Any) -> dict[int | None, dict]:
+    """A method's cells per seed (None: unseeded) made with the config's current settings; cells
+    made with other settings are left out."""
+    from logitplug.bench.runner import cell_path, current_cell, settings_key
+
+    key = settings_key(cfg, method, task)
+    found = {s: current_cell(cell_path(cfg, task, blackbox, method.name, s), key)
+             for s in (cfg.seeds if method.seeded else [None])}
+    return {s: cell for s, cell in found.items() if cell is not None}

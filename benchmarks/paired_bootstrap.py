@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import LOWER_IS_BETTER, METRICS, save  # noqa: E402
+from _results import LOWER_IS_BETTER, METRICS, finished_cells, save  # noqa: E402
 
 from logitplug.bench import load_config  # noqa: E402
-from logitplug.bench.runner import blackbox_label, cell_path, current_cell, prepare_task, settings_key  # noqa: E402
+from logitplug.bench.runner import blackbox_label, prepare_task  # noqa: E402
 from logitplug.eval import cider, e2e_slot_errors, meteor, rouge_l  # noqa: E402
 
 
@@ -77,16 +77,12 @@ def main() -> None:
         picks = rng.integers(0, len(data.test), size=(args.resamples, len(data.test)))
         for bb in map(blackbox_label, cfg.blackboxes):
             def outputs_of(name: str) -> dict:
-                method = by_name[name]
-                key = settings_key(cfg, method, task)
                 found = {}
-                for seed in (cfg.seeds if method.seeded else [None]):
-                    cell = current_cell(cell_path(cfg, task, bb, name, seed), key)
-                    if cell is not None:
-                        gens = cell["generations"]
-                        if [g["input"] for g in gens] != [ex.input for ex in data.test]:
-                            sys.exit(f"{task}/{name}/seed {seed}: its outputs are not for this config's test inputs")
-                        found[seed] = [g["output"] for g in gens]
+                for seed, cell in finished_cells(cfg, task, bb, by_name[name]).items():
+                    gens = cell["generations"]
+                    if [g["input"] for g in gens] != [ex.input for ex in data.test]:
+                        sys.exit(f"{task}/{name}/seed {seed}: its outputs are not for this config's test inputs")
+                    found[seed] = [g["output"] for g in gens]
                 return found
 
             plugin = outputs_of(args.plugin)

@@ -11,27 +11,20 @@ benchmarks/results/scoreboard-summary.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import LOWER_IS_BETTER, METRICS, save  # noqa: E402
+from _results import LOWER_IS_BETTER, METRICS, finished_cells, save  # noqa: E402
 
 from logitplug.bench import load_config  # noqa: E402
-from logitplug.bench.runner import blackbox_label, cell_path, current_cell, settings_key  # noqa: E402
+from logitplug.bench.runner import blackbox_label  # noqa: E402
 
 
 def finished(cfg, task: str, bb: str, method) -> dict[int | None, dict[str, float]]:
     """Scores per seed of the cells made with the config's current settings."""
-    key = settings_key(cfg, method, task)
-    out = {}
-    for seed in (cfg.seeds if method.seeded else [None]):
-        rec = current_cell(cell_path(cfg, task, bb, method.name, seed), key)
-        if rec is not None:
-            out[seed] = rec["scores"]
-    return out
+    return {s: cell["scores"] for s, cell in finished_cells(cfg, task, bb, method).items()}
 
 
 def main() -> None:

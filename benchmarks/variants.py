@@ -16,18 +16,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import METRICS, save  # noqa: E402
+from _results import METRICS, finished_cells, save  # noqa: E402
 
 from logitplug.bench import load_config  # noqa: E402
-from logitplug.bench.runner import blackbox_label, cell_path, current_cell, settings_key  # noqa: E402
+from logitplug.bench.runner import blackbox_label  # noqa: E402
 
 TEXT = [m for m in METRICS if m != "SER"]  # what the strength choice scores on validation
-
-
-def cells(cfg, task: str, bb: str, method) -> dict[int, dict]:
-    key = settings_key(cfg, method, task)
-    found = {s: current_cell(cell_path(cfg, task, bb, method.name, s), key) for s in cfg.seeds}
-    return {s: c for s, c in found.items() if c is not None}
 
 
 def validation_at_chosen(cell: dict, strength: float | None = None) -> dict[str, float]:
@@ -52,8 +46,8 @@ def main() -> None:
     data, lines = [], []
     for task in cfg.tasks:
         for bb in map(blackbox_label, cfg.blackboxes):
-            plugin = cells(base, task, bb, base_methods[args.plugin])
-            prompt = cells(base, task, bb, base_methods[args.prompt]) if args.prompt in base_methods else {}
+            plugin = finished_cells(base, task, bb, base_methods[args.plugin])
+            prompt = finished_cells(base, task, bb, base_methods[args.prompt]) if args.prompt in base_methods else {}
             rows = []
             # the prompt alone: validation from the plugin's strength-0 decode, test from its own cell
             for seed, cell in plugin.items():
@@ -66,7 +60,7 @@ def main() -> None:
             for method in cfg.methods:
                 rows += [(method.name, s, c["info"].get("eval_loss"), c["info"].get("best_epoch"),
                           c["info"].get("strength"), validation_at_chosen(c), c["scores"], c["wall_seconds"])
-                         for s, c in cells(cfg, task, bb, method).items()]
+                         for s, c in finished_cells(cfg, task, bb, method).items()]
             if not rows:
                 continue
             lines += [f"## {task} · {bb}", "",
