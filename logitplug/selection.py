@@ -33,7 +33,7 @@ def text_metrics_scorer(
     max_inputs: int = 100,
     renamed: float = 0.0,
     seed: int = 0,
-) -> Callable[..., dict[str, float]]:
+) -> TextMetricsScorer:
     """A scorer of a reweighter: each of ``metrics`` of its greedy outputs (through ``rule``, or
     the rule given with the call) on the first ``max_inputs`` distinct held-out inputs, against
     all their references. One decode serves every metric. A seeded ``renamed`` fraction of the
@@ -46,18 +46,24 @@ def text_metrics_scorer(
     gen = replace(generation or GenerationConfig(repetition_penalty=1.1), strategy="greedy")
     room = blackbox.max_context - gen.max_new_tokens
     prompts = [encode_prompt(blackbox.tokenizer, template, ex.input, room) for ex in inputs]
-    refs = [list(ex.references) for ex in inputs]
+    return TextMetricsScorer(blackbox, rule, gen, list(metrics), prompts, [ex.input for ex in inputs],
+                             [list(ex.references) for ex in inputs])
 
-    def scores(reweighter: Reweighter | None, with_rule: CombinationRule | None = None) -> dict[str, float]:
-        outputs = [g.text for g in Decoder(blackbox, reweighter, with_rule or rule, gen).generate_ids(prompts)]
-        scores.last_outputs = outputs  # type: ignore[attr-defined]
-        return {m: s.score for m, s in evaluate(outputs, refs, metrics).items()}
 
-    # what was decoded and against what, so a choice can be re-examined without decoding again
-    scores.inputs = [ex.input for ex in inputs]  # type: ignore[attr-defined]
-    scores.references = refs  # type: ignore[attr-defined]
-    scores.last_outputs = []  # type: ignore[attr-defined]
-    return scores
+class TextMetricsScorer:
+    """``text_metrics_scorer``'s scorer. It keeps what it decoded last beside the inputs and
+    references, so a choice made with it can be re-examined without decoding again."""
+
+    def __init__(self, blackbox: BlackBox, rule: CombinationRule, generation: GenerationConfig, metrics: list[str],
+                 prompts: list[list[int]], inputs: list[str], references: list[list[str]]):
+        self.blackbox, self.rule, self.generation, self.metrics = blackbox, rule, generation, metrics
+        self.prompts, self.inputs, self.references = prompts, inputs, references
+        self.last_outputs: list[str] = []
+
+    def __call__(self, reweighter: Reweighter | None, with_rule: CombinationRule | None = None) -> dict[str, float]:
+        decoder = Decoder(self.blackbox, reweighter, with_rule or self.rule, self.generation)
+        self.last_outputs = [g.text for g in decoder.generate_ids(self.prompts)]
+        return {m: s.score for m, s in evaluate(self.last_outputs, self.references, self.metrics).items()}
 
 
 def text_metric_selector(
