@@ -85,26 +85,30 @@ def main() -> None:
                     found[seed] = [g["output"] for g in gens]
                 return found
 
-            plugin = outputs_of(args.plugin)
+            def scored(outputs: list[str]) -> dict[str, tuple[float, np.ndarray]]:
+                """Per metric: the corpus score on the test set as it is, and on each resample."""
+                stats = per_input(task, outputs, data)
+                return {m: (float(corpus(m, stats[m][None])[0]), corpus(m, stats[m][picks])) for m in stats}
+
+            plugin = {s: scored(o) for s, o in outputs_of(args.plugin).items()}
             if not plugin:
                 continue
-            stats = {s: per_input(task, o, data) for s, o in plugin.items()}
-            metrics = [m for m in METRICS if m in next(iter(stats.values()))]
+            metrics = [m for m in METRICS if m in next(iter(plugin.values()))]
             lines += [f"## {task} · {bb}", "", f"`{args.plugin}` − alternative on the {len(data.test)} test inputs, "
                       f"mean over the seeds both have; [95% interval]; share of {args.resamples} resamples where "
                       f"`{args.plugin}` is better (SER: lower).", "",
                       "| against | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
             for name in [a for a in args.against.split(",") if a in by_name]:
-                other = outputs_of(name)
+                # an unseeded alternative (zero-shot) is scored once and compared with every seed
+                other = {k: scored(o) for k, o in outputs_of(name).items() if k is None or k in plugin}
                 seeds = [s for s in plugin if s in other or None in other]
                 if not seeds:
                     continue
-                other_stats = {s: per_input(task, other[None if None in other else s], data) for s in seeds}
+                pairs = [(plugin[s], other[None if None in other else s]) for s in seeds]
                 row, cells = {}, []
                 for m in metrics:
-                    diff = np.mean([corpus(m, stats[s][m][picks]) - corpus(m, other_stats[s][m][picks]) for s in seeds], 0)
-                    seen = float(np.mean([corpus(m, stats[s][m][None])[0] - corpus(m, other_stats[s][m][None])[0]
-                                          for s in seeds]))
+                    diff = np.mean([p[m][1] - o[m][1] for p, o in pairs], 0)
+                    seen = float(np.mean([p[m][0] - o[m][0] for p, o in pairs]))
                     low, high = np.percentile(diff, [2.5, 97.5])
                     ahead = float(np.mean(diff < 0 if m in LOWER_IS_BETTER else diff > 0))
                     row[m] = {"difference": seen, "interval": [float(low), float(high)], "share_ahead": ahead}
