@@ -9,6 +9,7 @@ import torch
 
 from logitplug.bench import BenchConfigError, make_method, parse_config, run_bench
 from logitplug.bench.methods import CellContext, test_prompts as build_test_prompts
+from logitplug.bench.runner import distinct_sizes
 from logitplug.combine import ProductRule
 from logitplug.data import Example, PromptTemplate
 from logitplug.decode import GenerationConfig
@@ -174,6 +175,13 @@ def test_a_training_size_sweep_gives_cells_per_size_a_table_column_and_curves(ti
     assert n4["train_rows"] == 4 and n4["sweep_size"] == 4
     with pytest.raises(BenchConfigError, match="train_rows"):
         parse_config(_raw(tiny_dir, tmp_path / "x", data={"train_rows": [0, 5]}))
+
+
+def test_sweep_sizes_beyond_the_split_run_once():
+    assert distinct_sizes([100, 300, 1000, 3000], 723) == [100, 300, 1000]
+    assert distinct_sizes([100, 300, 1000, 3000], 2517) == [100, 300, 1000, 3000]
+    assert distinct_sizes([100, 723, None], 723) == [100, 723]
+    assert distinct_sizes([None, 50], 723) == [None, 50]
 
 
 def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path, monkeypatch):

@@ -251,6 +251,32 @@ class TaskData:
     venue_names: list[str]
 
 
+def distinct_sizes(sizes: list[int | None], available: int) -> list[int | None]:
+    """The sizes of a training-size sweep that give distinct training sets from a split of
+    ``available`` rows: every size at or beyond it means the whole split, so only the first runs."""
+    kept: list[int | None] = []
+    for n in sizes:
+        whole = n is None or n >= available
+        if whole and any(k is None or k >= available for k in kept):
+            continue
+        kept.append(n)
+    return kept
+
+
+def task_sizes(cfg: BenchConfig, task: str) -> list[int | None]:
+    """The config's training sizes for ``task``; in a sweep, sizes beyond the task's training split
+    (CommonGen has 723 rows, so 1000 and 3000 are the same set) run once, as the smallest of them."""
+    if not cfg.sweep:
+        return cfg.sizes()
+    available = len(load_task(task, cfg.data.get("data_dir"), seed=int(cfg.data.get("split_seed", 0)))["train"])
+    kept = distinct_sizes(cfg.sizes(), available)
+    dropped = [n for n in cfg.sizes() if n not in kept]
+    if dropped:
+        print(f"{task}: {available} training rows, so train_rows {dropped} would repeat a size at or beyond "
+              f"{available}; skipped")
+    return kept
+
+
 def prepare_task(cfg: BenchConfig, task: str, train_rows: int | None = None) -> TaskData:
     """The task's splits, cut to the config's sizes: the same rows for every method and seed
     (the training rows of a smaller size are a subset of those of a larger one)."""
@@ -304,9 +330,10 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     (cfg.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.source, sort_keys=False))
     largest = max(cfg.sizes(), key=lambda n: float("inf") if n is None else n)
+    sizes = {t: task_sizes(cfg, t) for t in cfg.tasks}
     cells = [(t, b, m, s if m.seeded else None, n if m.uses_training_data else largest)
              for t in cfg.tasks for b in cfg.blackboxes for m in cfg.methods
-             for n in (cfg.sizes() if m.uses_training_data else [largest])
+             for n in (sizes[t] if m.uses_training_data else [largest])
              for s in (cfg.seeds if m.seeded else [None])]
     todo = [c for c in cells
             if not _is_done(cell_path(cfg, c[0], c[1], c[2].name, c[3], c[4] if c[2].uses_training_data else None),
