@@ -159,6 +159,7 @@ def train(
     zero_init_head: bool = typer.Option(False, help=_help(_R, "zero_init_head")),
     gate: bool = typer.Option(False, help=_help(_R, "gate")),
     copy_feature: bool = typer.Option(False, help=_help(_R, "copy_feature")),
+    neutral_unseen: bool = typer.Option(False, help=_help(_R, "neutral_unseen")),
     init_from: Optional[str] = typer.Option(None, help=_help(_R, "init_from")),
     cache: bool = typer.Option(True, help=_help(_T, "cache")),
     cache_dir: Optional[str] = typer.Option(None, help=_help(_T, "cache_dir")),

@@ -130,3 +130,55 @@ def test_copy_feature_marks_prompt_tokens_and_teacher_forcing_equals_decoding(tm
     copy.save_pretrained(tmp_path / "c", bb.fingerprint)
     back = Reweighter.from_pretrained(tmp_path / "c", bb.fingerprint)
     assert torch.equal(back(ids, mask, select), copy(ids, mask, select)) and not back.supports_sparse
+
+
+def test_unseen_tokens_share_one_level_everywhere_and_survive_save_load(tmp_path):
+    bb = tiny_blackbox()
+    rw = Reweighter.build(ReweighterConfig(neutral_unseen=True, **SMALL), bb.vocab_size, bb.tokenizer, seed=5)
+    known = torch.tensor([3, 7, 9, 40])
+    rw.unseen.seen[known] = True
+    with torch.no_grad():
+        rw.unseen.level.weight.normal_()
+        rw.unseen.level.bias.fill_(0.7)
+    ids = torch.tensor([[5, 9, 3, 17, 40, 41], [7, 8, 30, 31, 32, 33]])
+    mask = torch.ones_like(ids)
+    full = rw(ids, mask)
+    others = torch.ones(bb.vocab_size, dtype=torch.bool)
+    others[known] = False
+    # every unknown token has the same logit at a position, and it is not the head's own
+    assert torch.allclose(full[..., others], full[..., others][..., :1].expand_as(full[..., others]))
+    head = rw.lm(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(full[..., known], head[..., known], atol=1e-5)
+    assert not torch.allclose(full[..., others], head[..., others])
+    first, state = rw.start(ids[:, :4], mask[:, :4])
+    torch.testing.assert_close(first, full[:, 3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rw.step(state, ids[:, 4]), full[:, 4], atol=1e-5, rtol=1e-5)
+    h, _ = rw.start_hidden(ids[:, :4], mask[:, :4])
+    rows = torch.tensor([[3, 17, 9], [40, 2, 41]])
+    torch.testing.assert_close(rw.logits_for(h, rows), full[:, 3].gather(-1, rows), atol=1e-5, rtol=1e-5)
+    # per-row known sets while training
+    select = torch.zeros_like(ids, dtype=torch.bool)
+    select[:, 4:] = True
+    per_row = torch.zeros((2, bb.vocab_size), dtype=torch.bool)
+    per_row[0, 17] = True
+    part = rw(ids, mask, select, seen=per_row)  # rows 0, 0, 1, 1
+    assert torch.allclose(part[0, 17], head[0, 4, 17], atol=1e-5) and not torch.allclose(part[0, 9], head[0, 4, 9])
+    assert torch.allclose(part[2, 17], part[2, 9])  # row 1 knows nothing
+    rw.save_pretrained(tmp_path / "u", bb.fingerprint)
+    back = Reweighter.from_pretrained(tmp_path / "u", bb.fingerprint)
+    assert torch.equal(back.unseen.seen, rw.unseen.seen) and torch.equal(back(ids, mask), full)
+
+
+def test_fold_vocabularies_keep_an_input_in_one_fold_and_see_only_the_others():
+    from logitplug.reweighter.model import fold_vocabularies
+
+    rows = [[1, 2], [1, 3], [4], [5, 1]]
+    keys = ["a", "a", "b", "c"]
+    fold, others, every = fold_vocabularies(rows, keys, 10)
+    assert fold[0] == fold[1]
+    assert every.nonzero().flatten().tolist() == [1, 2, 3, 4, 5]
+    for i, ids in enumerate(rows):
+        mine = set(ids)
+        other_rows = {t for j, r in enumerate(rows) if fold[j] != fold[i] for t in r}
+        assert set(others[fold[i]].nonzero().flatten().tolist()) == other_rows
+        assert not (mine - other_rows) or not others[fold[i], list(mine - other_rows)].any()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from logitplug.data import Example, PromptTemplate, encode_prompt
+from logitplug.data import Example, PromptTemplate, encode_all, encode_prompt
 from logitplug.combine import ProductRule
 from logitplug.decode import Decoder, GenerationConfig
 from logitplug.reweighter import Reweighter, ReweighterConfig, read_sidecar
@@ -341,3 +341,13 @@ def test_support_eos_puts_eos_in_the_trained_and_decoded_support(tmp_path):
     assert all(len(g.token_ids) >= 1 for g in gens)
     # over the whole vocabulary EOS is reweighted anyway: the setting changes nothing
     assert type(_config(tmp_path, support_eos=True).combination()) is type(_config(tmp_path).combination())
+
+
+def test_a_plugin_neutral_on_unseen_tokens_learns_their_level_and_knows_its_targets(tmp_path):
+    bb = tiny_blackbox()
+    cfg = ReweighterConfig(num_layers=1, hidden_size=64, num_heads=4, intermediate_size=128, neutral_unseen=True)
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path, epochs=5), cfg)
+    rw = Reweighter.from_pretrained(result.plugin_dir, bb.fingerprint)
+    targets = {t for e in encode_all(bb.tokenizer, TEMPLATE, EXAMPLES, 256) for t in e.input_ids[e.prompt_len:]}
+    assert set(rw.unseen.seen.nonzero().flatten().tolist()) == targets
+    assert result.best_loss < result.blackbox_loss and float(rw.unseen.level.weight.detach().abs().sum()) > 0
