@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--blackbox", default="smollm2-135m")
     ap.add_argument("--train-rows", type=int, default=800)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--out", default=None, help="JSON file for the numbers")
+    ap.add_argument("--out", default=None, help="PATH: adds the rows to PATH.json and rewrites PATH.md")
     args = ap.parse_args()
 
     cfg = parse_config(yaml.safe_load(Path(args.config).read_text()))
@@ -90,7 +90,36 @@ def main() -> None:
         results[str(folder)] = row
         print(json.dumps(row, indent=1))
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        old = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+        old.update({f"{args.task} | {k}": v for k, v in results.items()})
+        out.with_suffix(".json").write_text(json.dumps(old, indent=1))
+        out.with_suffix(".md").write_text(_table(old))
+
+
+def _table(rows: dict) -> str:
+    lines = [
+        "# Held-out loss on target tokens the plugin never had as targets",
+        "",
+        "Validation rows only (the bench's cut: all references of 100 inputs). NLL per target token of the",
+        "black box alone (with the plugin's prompt) and of the plugin at strength 1, split by whether the",
+        "token occurs as a target in the plugin's training rows; and the reweighter's logit on the black",
+        "box's top-20 support tokens, centred on each position's support mean.",
+        "",
+        "Command: `python benchmarks/unseen_tokens.py CONFIG --task TASK --plugin FOLDER --out benchmarks/results/unseen-tokens`",
+        "",
+        "| task / plugin | unseen share | black box seen | black box unseen | plugin seen | plugin unseen | logit seen | logit unseen |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        task, folder = name.split(" | ", 1)
+        label = f"{task} / {Path(folder).name}"
+        lines.append(
+            f"| {label} | {100 * r['share_unseen']:.1f}% | {r['nll_black_box']['seen']:.3f} | {r['nll_black_box']['unseen']:.3f} | "
+            f"{r['nll_plugin']['seen']:.3f} | {r['nll_plugin']['unseen']:.3f} | "
+            f"{r['reweighter_logit_vs_support_mean']['seen']:+.2f} | {r['reweighter_logit_vs_support_mean']['unseen']:+.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
