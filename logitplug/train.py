@@ -28,7 +28,7 @@ from .combine import get_rule
 from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, targets_of
 from .data.augment import augment_copied_names
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
-from .reweighter.model import SIDECAR_NAME, fold_vocabularies
+from .reweighter.model import SIDECAR_NAME, token_evidence
 
 logger = logging.getLogger(__name__)
 
@@ -404,13 +404,9 @@ def train(
     eval_enc = encode_all(tokenizer, template, eval_examples, min(config.max_length, blackbox.max_context))
 
     model = Reweighter.build(rcfg, blackbox.vocab_size, tokenizer, seed=config.seed)
-    fold, fold_seen = None, None
     if model.unseen is not None:
-        # each row sees as "known" only what the other half of the rows has as targets, so the level
-        # for unknown tokens is fitted on tokens that really lack evidence; after training, every target counts
-        fold, fold_seen, every = fold_vocabularies([list(e.input_ids[e.prompt_len:]) for e in train_enc],
-                                                   [ex.input for ex in train_examples], blackbox.vocab_size)
-        model.unseen.seen.copy_(every)
+        model.unseen.seen.copy_(token_evidence([list(e.input_ids[e.prompt_len:]) for e in train_enc],
+                                               [ex.input for ex in train_examples], blackbox.vocab_size))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -519,8 +515,7 @@ def train(
                 bb = source(exs, batch).to(accelerator.device)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 targets = targets_of(batch)
-                seen = None if fold is None else fold_seen[fold[torch.tensor(idx)]].to(accelerator.device)
-                rw = model(batch["input_ids"], batch["attention_mask"], batch["target_mask"], seen=seen)
+                rw = model(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
                 loss = _nll(rule, bb, rw, targets, config.objective) / targets.numel()
                 accelerator.backward(loss)
                 if config.grad_clip:

@@ -156,29 +156,16 @@ def test_unseen_tokens_share_one_level_everywhere_and_survive_save_load(tmp_path
     h, _ = rw.start_hidden(ids[:, :4], mask[:, :4])
     rows = torch.tensor([[3, 17, 9], [40, 2, 41]])
     torch.testing.assert_close(rw.logits_for(h, rows), full[:, 3].gather(-1, rows), atol=1e-5, rtol=1e-5)
-    # per-row known sets while training
-    select = torch.zeros_like(ids, dtype=torch.bool)
-    select[:, 4:] = True
-    per_row = torch.zeros((2, bb.vocab_size), dtype=torch.bool)
-    per_row[0, 17] = True
-    part = rw(ids, mask, select, seen=per_row)  # rows 0, 0, 1, 1
-    assert torch.allclose(part[0, 17], head[0, 4, 17], atol=1e-5) and not torch.allclose(part[0, 9], head[0, 4, 9])
-    assert torch.allclose(part[2, 17], part[2, 9])  # row 1 knows nothing
     rw.save_pretrained(tmp_path / "u", bb.fingerprint)
     back = Reweighter.from_pretrained(tmp_path / "u", bb.fingerprint)
     assert torch.equal(back.unseen.seen, rw.unseen.seen) and torch.equal(back(ids, mask), full)
 
 
-def test_fold_vocabularies_keep_an_input_in_one_fold_and_see_only_the_others():
-    from logitplug.reweighter.model import fold_vocabularies
+def test_token_evidence_counts_distinct_inputs_not_rows():
+    from logitplug.reweighter.model import token_evidence
 
-    rows = [[1, 2], [1, 3], [4], [5, 1]]
-    keys = ["a", "a", "b", "c"]
-    fold, others, every = fold_vocabularies(rows, keys, 10)
-    assert fold[0] == fold[1]
-    assert every.nonzero().flatten().tolist() == [1, 2, 3, 4, 5]
-    for i, ids in enumerate(rows):
-        mine = set(ids)
-        other_rows = {t for j, r in enumerate(rows) if fold[j] != fold[i] for t in r}
-        assert set(others[fold[i]].nonzero().flatten().tolist()) == other_rows
-        assert not (mine - other_rows) or not others[fold[i], list(mine - other_rows)].any()
+    # token 2: two references of one input (one input); 1: three inputs; 3 and 4: one input each; 5: two
+    targets = [[1, 2], [1, 2, 5], [1, 3], [4, 5], [1]]
+    inputs = ["a", "a", "b", "c", "d"]
+    assert token_evidence(targets, inputs, 8).nonzero().flatten().tolist() == [1, 5]
+    assert token_evidence(targets, inputs, 8, min_inputs=1).nonzero().flatten().tolist() == [1, 2, 3, 4, 5]

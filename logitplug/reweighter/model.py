@@ -58,9 +58,9 @@ class ReweighterConfig:
     )
     neutral_unseen: bool = field(
         default=False,
-        metadata={"help": "tokens never a target in the training rows get one learned, context-dependent logit "
-                          "instead of their own head row (fitted on rows whose targets the other half of the data "
-                          "never had), so the plugin stays neutral where it has no evidence (starts at 0)"},
+        metadata={"help": "tokens that are a target for fewer than two distinct training inputs share one learned, "
+                          "context-dependent logit instead of their own head row (fitted on the rare ones), so the "
+                          "plugin stays neutral where it has no evidence (starts at 0)"},
     )
     init_from: str | None = field(
         default=None, metadata={"help": "folder of a pretrained causal LM with the black box's tokenizer to start from"}
@@ -149,12 +149,11 @@ class Reweighter(nn.Module):
         counts = torch.zeros((input_ids.shape[0], int(vocab_size)), device=input_ids.device)
         return counts.scatter_add_(1, input_ids, keep.float()) > 0
 
-    def _adjust(self, logits: torch.Tensor, hidden: torch.Tensor, prompt: torch.Tensor | None,
-                seen: torch.Tensor | None = None) -> torch.Tensor:
+    def _adjust(self, logits: torch.Tensor, hidden: torch.Tensor, prompt: torch.Tensor | None) -> torch.Tensor:
         """Apply the optional unseen-token level, gate and copy bonus to head logits (..., V) from
         hidden states (..., H)."""
         if self.unseen is not None:
-            logits = self.unseen.neutralize(logits, hidden, seen)
+            logits = self.unseen.neutralize(logits, hidden)
         logits = logits.float() * self.strength(hidden)
         if self.copy is not None and prompt is not None:
             logits = logits + self.copy(hidden.to(self.copy.weight.dtype)).float() * prompt.float()
@@ -195,11 +194,8 @@ class Reweighter(nn.Module):
         return self.config.vocab_size
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor | None = None,
-        seen: torch.Tensor | None = None,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``seen`` (B, V): per row, the tokens to treat as known (``neutral_unseen`` while training;
-        by default every training target)."""
         if not self._extras():
             return _lm.selected_logits(self.lm, input_ids, attention_mask, select).float()
         hidden = _lm.hidden_states(self.lm, input_ids, attention_mask)
@@ -207,14 +203,11 @@ class Reweighter(nn.Module):
         if self.copy is not None:
             prompt = self.prompt_tokens(input_ids, attention_mask, select, self.vocab_size)
         if select is not None:
-            rows = select.nonzero()[:, 0]
             hidden = hidden[select]
-            prompt = prompt[rows] if prompt is not None else None
-            seen = seen[rows] if seen is not None else None
-        else:
-            prompt = prompt[:, None, :] if prompt is not None else None
-            seen = seen[:, None, :] if seen is not None else None
-        return self._adjust(_lm.head_logits(self.lm, hidden), hidden, prompt, seen)
+            prompt = prompt[select.nonzero()[:, 0]] if prompt is not None else None
+        elif prompt is not None:
+            prompt = prompt[:, None, :]
+        return self._adjust(_lm.head_logits(self.lm, hidden), hidden, prompt)
 
     def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, Any]:
         if not self._extras():
@@ -331,8 +324,9 @@ class UnseenTokens(nn.Module):
     keeps a head row that training only pushed down (as a wrong candidate) or never touched, so the
     plugin demotes it: on WebNLG's unseen categories a third of the held-out target tokens are such
     tokens, and there the plugin's loss is worse than the black box's (benchmarks/results/unseen-tokens.md).
-    Here those tokens share one logit, ``level(h)``, learned where it can be: on rows whose target
-    tokens the other half of the training rows never had (see ``fold_vocabularies``).
+    Here every token that is a target for fewer than ``EVIDENCE_INPUTS`` distinct training inputs
+    shares one logit, ``level(h)``: learned on the rare ones (a target for a single input), the
+    nearest thing in the training rows to a token never seen, and the same set in training and use.
     """
 
     def __init__(self, vocab_size: int, hidden_size: int):
@@ -342,30 +336,28 @@ class UnseenTokens(nn.Module):
         nn.init.zeros_(self.level.weight)
         nn.init.zeros_(self.level.bias)
 
-    def neutralize(self, logits: torch.Tensor, hidden: torch.Tensor, seen: torch.Tensor | None = None,
-              ids: torch.Tensor | None = None) -> torch.Tensor:
-        """``logits`` (..., V), or (..., k) of the tokens ``ids``, with every token outside ``seen``
-        (default: the training rows' targets; (..., V) per position while training) at ``level(h)``."""
-        known = self.seen if seen is None else seen
-        if ids is not None:
-            known = known[ids]
+    def neutralize(self, logits: torch.Tensor, hidden: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``logits`` (..., V), or (..., k) of the tokens ``ids``, with every token outside ``seen`` at ``level(h)``."""
+        known = self.seen if ids is None else self.seen[ids]
         level = self.level(hidden.to(self.level.weight.dtype)).float()
         return torch.where(known, logits.float(), level)
 
 
-def fold_vocabularies(rows: list[list[int]], keys: list[str], vocab_size: int, folds: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Target vocabularies for fitting ``UnseenTokens``: each row's fold (by a hash of ``keys``,
-    e.g. the input text, so every reference of an input falls in one fold), per fold the tokens the
-    *other* folds have as targets (F, V), and every row's targets together (V,)."""
-    import hashlib
+EVIDENCE_INPUTS = 2
 
-    fold = torch.tensor([int(hashlib.sha256(k.encode()).hexdigest(), 16) % folds for k in keys])
-    per_fold = torch.zeros((folds, int(vocab_size)), dtype=torch.bool)
-    for f, ids in zip(fold.tolist(), rows):
+
+def token_evidence(targets: list[list[int]], inputs: list[str], vocab_size: int,
+                   min_inputs: int = EVIDENCE_INPUTS) -> torch.Tensor:
+    """(V,) True for the tokens that are a target for at least ``min_inputs`` distinct ``inputs``
+    (the references of one input count once: they share its names)."""
+    per_input: dict[str, set[int]] = {}
+    for key, ids in zip(inputs, targets):
+        per_input.setdefault(key, set()).update(ids)
+    counts = torch.zeros(int(vocab_size), dtype=torch.long)
+    for ids in per_input.values():
         if ids:
-            per_fold[f, torch.tensor(ids)] = True
-    others = torch.stack([per_fold[[g for g in range(folds) if g != f]].any(0) for f in range(folds)])
-    return fold, others, per_fold.any(0)
+            counts[torch.tensor(sorted(ids))] += 1
+    return counts >= min_inputs
 
 
 @dataclass
