@@ -433,6 +433,7 @@ def bench(
     seeds: Optional[str] = typer.Option(None, help="run only these seeds now, e.g. '0' or '0,1' (a first pass)"),
     methods: Optional[str] = typer.Option(None, help="run only these methods now, comma-separated names from the config"),
     tasks: Optional[str] = typer.Option(None, help="run only these tasks now, comma-separated names from the config"),
+    sizes: Optional[str] = typer.Option(None, help="run only these training sizes of a data-size sweep now, e.g. '3000'"),
     progress: bool = typer.Option(True, help="show progress bars"),
 ) -> None:
     """Run a grid of tasks x black boxes x methods x seeds; rerun to resume (finished cells are skipped).
@@ -468,6 +469,17 @@ def bench(
             if unknown:
                 _fail(f"--tasks: {unknown} are not in {config}; it has {cfg.tasks}")
             cfg.tasks = [t for t in cfg.tasks if t in wanted]
+        if sizes is not None:
+            if not cfg.sweep:
+                _fail(f"--sizes: {config} is not a data-size sweep (its data.train_rows is one number)")
+            try:
+                wanted_sizes = [int(n) for n in sizes.split(",") if n.strip()]
+            except ValueError:
+                _fail(f"--sizes takes comma-separated integers, got {sizes!r}")
+            unknown = sorted(set(wanted_sizes) - set(cfg.sizes()))
+            if unknown:
+                _fail(f"--sizes: {unknown} are not in {config}; its data.train_rows is {cfg.sizes()}")
+            cfg.run_sizes = wanted_sizes
         table = run_bench(cfg, progress=progress, only_report=report_only, report=whole)
     except (BenchConfigError, FileNotFoundError, RuntimeError) as e:
         if isinstance(e, TrainingInterrupted):

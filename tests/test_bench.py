@@ -9,7 +9,7 @@ import torch
 
 from logitplug.bench import BenchConfigError, make_method, parse_config, run_bench
 from logitplug.bench.methods import CellContext, test_prompts as build_test_prompts
-from logitplug.bench.runner import distinct_sizes
+from logitplug.bench.runner import distinct_sizes, settings_key
 from logitplug.combine import ProductRule
 from logitplug.data import Example, PromptTemplate
 from logitplug.decode import GenerationConfig
@@ -182,6 +182,17 @@ def test_sweep_sizes_beyond_the_split_run_once():
     assert distinct_sizes([100, 300, 1000, 3000], 2517) == [100, 300, 1000, 3000]
     assert distinct_sizes([100, 723, None], 723) == [100, 723]
     assert distinct_sizes([None, 50], 723) == [None, 50]
+
+
+def test_a_sweep_can_run_some_sizes_now_under_the_whole_configs_settings(tiny_dir, tmp_path):
+    raw = _raw(tiny_dir, tmp_path / "out", methods=["small"], seeds=[0],
+               data={"train_rows": [4, 8], "validation_rows": 4, "test_inputs": 2})
+    part = parse_config(raw)
+    part.run_sizes = [8]
+    run_bench(part, progress=False)
+    assert sorted(p.name for p in (tmp_path / "out" / "cells").rglob("*.json")) == ["seed0-n8.json"]
+    whole = parse_config(raw)  # the n8 cell counts as done for the whole sweep
+    assert settings_key(whole, whole.methods[0], "commongen") == settings_key(part, part.methods[0], "commongen")
 
 
 def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path, monkeypatch):

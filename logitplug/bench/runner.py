@@ -59,6 +59,7 @@ class BenchConfig:
     metrics: list[str] = field(default_factory=lambda: ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"])
     source: dict[str, Any] = field(default_factory=dict)
     config_path: str | None = None  # shown in the table's command line
+    run_sizes: list[int] | None = None  # a sweep's sizes to run now (CLI --sizes); all by default
 
     @property
     def sweep(self) -> bool:
@@ -274,7 +275,7 @@ def task_sizes(cfg: BenchConfig, task: str) -> list[int | None]:
     if dropped:
         print(f"{task}: {available} training rows, so train_rows {dropped} would repeat a size at or beyond "
               f"{available}; skipped")
-    return kept
+    return kept if cfg.run_sizes is None else [n for n in kept if n in cfg.run_sizes]
 
 
 def prepare_task(cfg: BenchConfig, task: str, train_rows: int | None = None) -> TaskData:
