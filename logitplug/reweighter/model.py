@@ -26,7 +26,7 @@ CONFIG_NAME = "reweighter_config.json"
 WEIGHTS_NAME = "model.safetensors"
 SIDECAR_NAME = "logitplug.json"
 README_NAME = "README.md"
-EXTRA_PREFIX = "logitplug_"  # gate / copy-feature weights, beside the causal LM's own
+EXTRA_PREFIX = "logitplug_"  # gate / copy-feature / unseen-token weights, beside the causal LM's own
 
 
 class TokenizerMismatchError(ValueError):
@@ -59,8 +59,8 @@ class ReweighterConfig:
     neutral_unseen: bool = field(
         default=False,
         metadata={"help": "tokens that are a target for fewer than two distinct training inputs share one learned, "
-                          "context-dependent logit instead of their own head row (fitted on the rare ones), so the "
-                          "plugin stays neutral where it has no evidence (starts at 0)"},
+                          "context-dependent logit instead of their own head row (fitted on the rare ones; starts "
+                          "at 0). An experiment: the learned logit ends as low as the rows were (BENCHMARKS.md)"},
     )
     init_from: str | None = field(
         default=None, metadata={"help": "folder of a pretrained causal LM with the black box's tokenizer to start from"}
@@ -327,6 +327,8 @@ class UnseenTokens(nn.Module):
     Here every token that is a target for fewer than ``EVIDENCE_INPUTS`` distinct training inputs
     shares one logit, ``level(h)``: learned on the rare ones (a target for a single input), the
     nearest thing in the training rows to a token never seen, and the same set in training and use.
+    Measured, it does not help: in the training rows a rare token is rarely the answer, so the level
+    learns to demote them too (BENCHMARKS.md, "Tokens the plugin never had as targets").
     """
 
     def __init__(self, vocab_size: int, hidden_size: int):
