@@ -195,6 +195,27 @@ def test_a_sweep_can_run_some_sizes_now_under_the_whole_configs_settings(tiny_di
     assert settings_key(whole, whole.methods[0], "commongen") == settings_key(part, part.methods[0], "commongen")
 
 
+def test_a_sweep_draws_demonstrations_from_its_smallest_size_so_every_size_has_one_prompt(tiny_dir, tmp_path):
+    from logitplug.bench.methods import with_demonstrations
+    from logitplug.bench.runner import demo_pool, prepare_task
+    from logitplug.data import get_template
+
+    cfg = parse_config(_raw(tiny_dir, tmp_path / "out", data={"train_rows": [4, 40], "validation_rows": 4, "test_inputs": 2}))
+    cache = {}
+    pool = demo_pool(cfg, "commongen", cache)
+    small, large = prepare_task(cfg, "commongen", 4).train, prepare_task(cfg, "commongen", 40).train
+    assert pool == small and all(ex in large for ex in pool)
+    demos = []
+    for rows in (small, large):
+        ctx = CellContext(blackbox=None, task="commongen", train=rows, validation=[], test=[], template=get_template("commongen"),
+                          seed=3, generation=None, models_dir=tmp_path / "m", demo_pool=pool)
+        with_pool, _ = with_demonstrations(ctx, 2)
+        assert len(with_pool.train) == len(rows) - 2 and not set(with_pool.template.demos) & {(e.input, e.target) for e in with_pool.train}
+        demos.append(with_pool.template.demos)
+    assert demos[0] == demos[1]
+    assert demo_pool(parse_config(_raw(tiny_dir, tmp_path / "x")), "commongen", {}) is None  # not a sweep
+
+
 def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path, monkeypatch):
     raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[{"name": "plugin-icl1", "method": "plugin", "icl": 1}],
                data={"train_rows": 12, "validation_rows": 6, "test_inputs": 2})

@@ -50,6 +50,9 @@ class CellContext:
     lora_overrides: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     progress: bool = True
+    # rows to draw demonstrations from (default: train). A data-size sweep passes its smallest
+    # size's rows (a subset of every size), so the prompt is the same at every size and only the data varies
+    demo_pool: list[Example] | None = None
 
 
 @dataclass
@@ -140,7 +143,7 @@ class InContext(Method):
         self.shots = shots
 
     def run(self, ctx: CellContext) -> MethodOutput:
-        demos, _ = draw_demonstrations(ctx.train, self.shots, ctx.seed)
+        demos, _ = draw_demonstrations(ctx.demo_pool or ctx.train, self.shots, ctx.seed)
         prompts = test_prompts(ctx, demos)
         return MethodOutput(self._decode(ctx, prompts), {"demonstrations": [asdict(d) for d in demos]})
 
@@ -169,18 +172,19 @@ def with_demonstrations(ctx: CellContext, k: int | tuple[int, ...]) -> tuple[Cel
     depends only on the black box, prompt, data, seed and decoding, so it is stored under the
     models folder and every plugin variant of a run shares it instead of decoding validation again."""
     counts = demonstration_counts(k)
+    pool = ctx.demo_pool
     record = None
     if not isinstance(counts, int):
         key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), list(counts), ctx.seed,
-                   asdict(ctx.generation))
+                   asdict(ctx.generation), *([[e.input for e in ctx.demo_pool]] if ctx.demo_pool else []))
         record = ctx.models_dir / "demonstrations" / f"{key}.json"
         if record.exists():
             info = json.loads(record.read_text())
             template, rest, _ = fix_demonstrations(ctx.blackbox, ctx.template, ctx.train, ctx.validation,
-                                                   info["demonstrations"], ctx.seed, ctx.generation)
+                                                   info["demonstrations"], ctx.seed, ctx.generation, pool=pool)
             return replace(ctx, template=template, train=rest), info
     template, rest, info = fix_demonstrations(ctx.blackbox, ctx.template, ctx.train, ctx.validation, counts, ctx.seed,
-                                              ctx.generation)
+                                              ctx.generation, pool=pool)
     if record is not None:
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(info, indent=2))

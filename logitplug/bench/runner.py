@@ -278,6 +278,17 @@ def task_sizes(cfg: BenchConfig, task: str) -> list[int | None]:
     return kept if cfg.run_sizes is None else [n for n in kept if n in cfg.run_sizes]
 
 
+def demo_pool(cfg: BenchConfig, task: str, cache: dict[tuple[str, int | None], TaskData]) -> list[Example] | None:
+    """In a data-size sweep, the smallest size's training rows (a subset of every size's): the rows
+    demonstrations are drawn from, so every size gets the same prompt. None otherwise."""
+    sizes = [n for n in cfg.sizes() if n is not None]
+    if not cfg.sweep or not sizes:
+        return None
+    if (task, min(sizes)) not in cache:
+        cache[(task, min(sizes))] = prepare_task(cfg, task, min(sizes))
+    return cache[(task, min(sizes))].train
+
+
 def prepare_task(cfg: BenchConfig, task: str, train_rows: int | None = None) -> TaskData:
     """The task's splits, cut to the config's sizes: the same rows for every method and seed
     (the training rows of a smaller size are a subset of those of a larger one)."""
@@ -363,6 +374,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             seed=cfg.seeds[0] if seed is None else seed, generation=GenerationConfig(**cfg.generation_for(task)),
             models_dir=cfg.output_dir / "models" / task / blackbox_label(bb_name), train_overrides=cfg.train,
             reweighter_overrides=cfg.reweighter, lora_overrides=cfg.lora, grid=cfg.grid, progress=progress,
+            demo_pool=demo_pool(cfg, task, task_data),
         )
         t0 = time.perf_counter()
         result = method.run(ctx)
