@@ -69,6 +69,16 @@ def test_init_from_a_pretrained_lm_with_the_same_tokenizer(tmp_path):
         Reweighter.build(ReweighterConfig(init_from=str(tmp_path / "lm")), other.vocab_size, other.tokenizer)
 
 
+def _decoding_agrees_with_teacher_forcing(rw, ids, mask, full, prefix: int, rows):
+    """Incremental decoding (prefill of ``prefix`` tokens, one step) and gathered head rows ``rows``
+    give the teacher-forced logits ``full``."""
+    first, state = rw.start(ids[:, :prefix], mask[:, :prefix])
+    torch.testing.assert_close(first, full[:, prefix - 1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rw.step(state, ids[:, prefix]), full[:, prefix], atol=1e-5, rtol=1e-5)
+    h, _ = rw.start_hidden(ids[:, :prefix], mask[:, :prefix])
+    torch.testing.assert_close(rw.logits_for(h, rows), full[:, prefix - 1].gather(-1, rows), atol=1e-5, rtol=1e-5)
+
+
 def test_gate_starts_at_the_plain_rule_learns_a_strength_and_survives_save_load(tmp_path):
     bb = tiny_blackbox()
     plain = Reweighter.build(ReweighterConfig(**SMALL), bb.vocab_size, bb.tokenizer, seed=3)
@@ -83,13 +93,7 @@ def test_gate_starts_at_the_plain_rule_learns_a_strength_and_survives_save_load(
     s = gated.strength(hidden)
     assert s.shape == (4, 1) and bool(((s > 0) & (s < 2)).all()) and not torch.allclose(s, torch.ones_like(s))
     full = gated(ids, mask)
-    # incremental decoding (prefill + steps) and gathered head rows agree with the teacher-forced pass
-    first, state = gated.start(ids[:, :5], mask[:, :5])
-    torch.testing.assert_close(first, full[:, 4], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(gated.step(state, ids[:, 5]), full[:, 5], atol=1e-5, rtol=1e-5)
-    h, _ = gated.start_hidden(ids[:, :5], mask[:, :5])
-    rows = torch.tensor([[1, 7, 9], [2, 3, 4]])
-    torch.testing.assert_close(gated.logits_for(h, rows), full[:, 4].gather(-1, rows), atol=1e-5, rtol=1e-5)
+    _decoding_agrees_with_teacher_forcing(gated, ids, mask, full, 5, torch.tensor([[1, 7, 9], [2, 3, 4]]))
     gated.save_pretrained(tmp_path / "g", bb.fingerprint)
     back = Reweighter.from_pretrained(tmp_path / "g", bb.fingerprint)
     assert torch.equal(back(ids, mask), full)
@@ -150,12 +154,7 @@ def test_unseen_tokens_share_one_level_everywhere_and_survive_save_load(tmp_path
     head = rw.lm(input_ids=ids, attention_mask=mask).logits
     assert torch.allclose(full[..., known], head[..., known], atol=1e-5)
     assert not torch.allclose(full[..., others], head[..., others])
-    first, state = rw.start(ids[:, :4], mask[:, :4])
-    torch.testing.assert_close(first, full[:, 3], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(rw.step(state, ids[:, 4]), full[:, 4], atol=1e-5, rtol=1e-5)
-    h, _ = rw.start_hidden(ids[:, :4], mask[:, :4])
-    rows = torch.tensor([[3, 17, 9], [40, 2, 41]])
-    torch.testing.assert_close(rw.logits_for(h, rows), full[:, 3].gather(-1, rows), atol=1e-5, rtol=1e-5)
+    _decoding_agrees_with_teacher_forcing(rw, ids, mask, full, 4, torch.tensor([[3, 17, 9], [40, 2, 41]]))
     rw.save_pretrained(tmp_path / "u", bb.fingerprint)
     back = Reweighter.from_pretrained(tmp_path / "u", bb.fingerprint)
     assert torch.equal(back.unseen.seen, rw.unseen.seen) and torch.equal(back(ids, mask), full)
