@@ -481,6 +481,8 @@ def bench(
                 _fail(f"--sizes: {unknown} are not in {config}; its data.train_rows is {cfg.sizes()}")
             cfg.run_sizes = wanted_sizes
         table = run_bench(cfg, progress=progress, only_report=report_only, report=whole)
+    except typer.Exit:  # an error already reported above (click's Exit is a RuntimeError)
+        raise
     except (BenchConfigError, FileNotFoundError, RuntimeError) as e:
         if isinstance(e, TrainingInterrupted):
             _fail(f"{e}\nFinished cells are kept; run the same bench command again to resume.")

@@ -159,6 +159,9 @@ def test_bench_reports_config_errors_before_work(tmp_path):
     cfg.write_text(f"output_dir: {tmp_path / 'out'}\ntasks: [e2e]\nblackboxes: [smollm2-135m]\nmethods: [zero-shot]\n")
     res = runner.invoke(app, ["bench", str(cfg), "--tasks", "webnlg"])
     assert res.exit_code == 2 and "--tasks: ['webnlg'] are not in" in res.output
+    assert "error: 2" not in res.output  # one message, not the exit code reported again
+    res = runner.invoke(app, ["bench", str(cfg), "--sizes", "300"])
+    assert res.exit_code == 2 and "is not a data-size sweep" in res.output
 
 
 def test_endpoint_black_box_errors_are_clear(tmp_path, bb_dir, data):
