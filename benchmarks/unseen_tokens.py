@@ -26,7 +26,7 @@ from logitplug import PromptTemplate, Reweighter, load_blackbox
 from logitplug.bench import parse_config
 from logitplug.bench.runner import prepare_task
 from logitplug.data.core import collate, encode_all, targets_of
-from logitplug.reweighter.model import read_sidecar
+from logitplug.reweighter.model import read_sidecar, token_evidence
 from logitplug.train import trained_rule
 
 
@@ -50,9 +50,8 @@ def main() -> None:
         side = read_sidecar(folder)
         template = PromptTemplate(**side["template"])
         max_len = int(side["train_config"].get("max_length", 1024))
-        seen = torch.zeros(bb.vocab_size, dtype=torch.bool)
-        for ex in encode_all(tok, template, data.train, max_len):
-            seen[torch.tensor(ex.input_ids[ex.prompt_len:])] = True
+        train_targets = [list(e.input_ids[e.prompt_len:]) for e in encode_all(tok, template, data.train, max_len)]
+        seen = token_evidence(train_targets, [ex.input for ex in data.train], bb.vocab_size, min_inputs=1)
         rw = Reweighter.from_pretrained(folder).eval()
         rule = trained_rule(folder, tok.eos_token_id)
         encoded = encode_all(tok, template, data.validation, max_len)

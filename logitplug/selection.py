@@ -132,13 +132,13 @@ def fix_demonstrations(
     and the black box (SmolLM2 on E2E writes best after one and rambles after three, while on
     WebNLG and CommonGen three beat one by far), and a plugin trained on top of the best prompt
     starts from the best place. Ties go to fewer demonstrations (shorter prompts). ``pool``: the
-    rows to draw from (default ``train``; the rest of ``train`` is returned either way)."""
+    rows to draw from, as in ``draw_demonstrations``."""
     chosen = demonstration_counts(counts)
     options = [chosen] if isinstance(chosen, int) else list(chosen)
     scores: dict[int, float] = {}
     if len(options) > 1:
         for k in options:
-            demos, _ = draw_demonstrations(train if pool is None else pool, k, seed)
+            demos, _ = draw_demonstrations(train, k, seed, pool)
             scorer = text_metric_selector(blackbox, template.with_demonstrations(demos) if k else template, held_out,
                                           metric, BlackBoxOnly(), generation, max_inputs)
             scores[k] = scorer(None)
@@ -149,5 +149,5 @@ def fix_demonstrations(
         info["demonstrations_chosen_by"] = f"held-out {metric} of the black box alone on {max_inputs} inputs at most"
     if not best:
         return template, list(train), info
-    demos, _ = draw_demonstrations(train if pool is None else pool, best, seed)
-    return template.with_demonstrations(demos), [ex for ex in train if ex not in demos], info
+    demos, rest = draw_demonstrations(train, best, seed, pool)
+    return template.with_demonstrations(demos), rest, info

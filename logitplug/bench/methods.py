@@ -143,7 +143,7 @@ class InContext(Method):
         self.shots = shots
 
     def run(self, ctx: CellContext) -> MethodOutput:
-        demos, _ = draw_demonstrations(ctx.demo_pool or ctx.train, self.shots, ctx.seed)
+        demos, _ = draw_demonstrations(ctx.train, self.shots, ctx.seed, ctx.demo_pool)
         prompts = test_prompts(ctx, demos)
         return MethodOutput(self._decode(ctx, prompts), {"demonstrations": [asdict(d) for d in demos]})
 
@@ -176,7 +176,7 @@ def with_demonstrations(ctx: CellContext, k: int | tuple[int, ...]) -> tuple[Cel
     record = None
     if not isinstance(counts, int):
         key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), list(counts), ctx.seed,
-                   asdict(ctx.generation), *([[e.input for e in ctx.demo_pool]] if ctx.demo_pool else []))
+                   asdict(ctx.generation), *([[e.input for e in pool]] if pool else []))
         record = ctx.models_dir / "demonstrations" / f"{key}.json"
         if record.exists():
             info = json.loads(record.read_text())

@@ -284,9 +284,10 @@ def demo_pool(cfg: BenchConfig, task: str, cache: dict[tuple[str, int | None], T
     sizes = [n for n in cfg.sizes() if n is not None]
     if not cfg.sweep or not sizes:
         return None
-    if (task, min(sizes)) not in cache:
-        cache[(task, min(sizes))] = prepare_task(cfg, task, min(sizes))
-    return cache[(task, min(sizes))].train
+    key = (task, min(sizes))
+    if key not in cache:
+        cache[key] = prepare_task(cfg, task, key[1])
+    return cache[key].train
 
 
 def prepare_task(cfg: BenchConfig, task: str, train_rows: int | None = None) -> TaskData:

@@ -220,9 +220,12 @@ def find_data_dir(explicit: str | Path | None = None) -> Path:
     )
 
 
-def draw_demonstrations(examples: Sequence[Example], k: int, seed: int) -> tuple[list[Example], list[Example]]:
-    """k solved examples drawn by ``seed`` (for in-context prompts) and the examples left for training."""
-    pool = [ex for ex in examples if ex.target]
+def draw_demonstrations(examples: Sequence[Example], k: int, seed: int,
+                        pool: Sequence[Example] | None = None) -> tuple[list[Example], list[Example]]:
+    """k solved examples drawn by ``seed`` (for in-context prompts) and the examples left for training.
+    ``pool``: the rows to draw from, when not all of ``examples`` (a data-size sweep draws from its
+    smallest size's rows, so every size gets the same demonstrations)."""
+    pool = [ex for ex in (examples if pool is None else pool) if ex.target]
     if k > len(pool):
         raise ValueError(f"asked for {k} demonstrations but only {len(pool)} examples have targets")
     demos = random.Random(seed).sample(pool, k)
