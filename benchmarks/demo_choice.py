@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--counts", default=None, help="comma-separated candidates (default: the default recipe's)")
     ap.add_argument("--inputs", type=int, default=100, help="validation inputs decoded per count")
+    ap.add_argument("--out", default="demo-choice", help="results name under benchmarks/results (.json and .md)")
     args = ap.parse_args()
     cfg = load_config(args.config)
     counts = tuple(int(k) for k in args.counts.split(",")) if args.counts else get_recipe(DEFAULT_RECIPE).demonstrations
@@ -49,15 +50,15 @@ def main() -> None:
                          "seconds": round(time.perf_counter() - t0, 1)})
             print(rows[-1], flush=True)
     command = "python benchmarks/demo_choice.py " + " ".join(
-        [str(args.config)] + [f"--{k} {v}" for k, v in vars(args).items() if k != "config" and v is not None])
+        [str(args.config)] + [f"--{k} {v}" for k, v in vars(args).items() if k != "config" and v is not None and (k, v) != ("out", "demo-choice")])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "demo-choice.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2))
     lines = [f"Command: `{command}`", "", "| task | black box | seed | validation BLEU by count (black box alone) | chosen | s |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         shown = ", ".join(f"{k}: {v:.2f}" for k, v in r.get("demonstration_scores", {}).items())
         lines.append(f"| {r['task']} | {r['blackbox']} | {r['seed']} | {shown} | **{r['demonstrations']}** | {r['seconds']} |")
-    (RESULTS / "demo-choice.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

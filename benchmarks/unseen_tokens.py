@@ -7,7 +7,9 @@ occur as a target in their 800 training rows (E2E: 14%); the reweighter has no e
 them, and its head rows for them are what training left (pushed down as negatives, or initial
 noise). This script measures, on validation only, the loss of the black box alone and of the plugin
 on seen and unseen target tokens, and the reweighter's logit on unseen support tokens relative to the
-support's mean.
+support's mean. A remedy needing no training is measured beside it: every unseen support token at
+the "neutral" level, the one that leaves the unseen tokens' share of the support's mass as the
+black box gave it (the plugin then only redistributes mass among tokens it has evidence about).
 
 Run: python benchmarks/unseen_tokens.py benchmarks/scoreboard.yaml --task webnlg --plugin FOLDER
 (FOLDER: a trained plugin of that config, e.g. benchmarks/runs/scoreboard/models/webnlg/smollm2-135m/reweighter-...)
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -56,7 +59,7 @@ def main() -> None:
         rule = trained_rule(folder, tok.eos_token_id)
         encoded = encode_all(tok, template, data.validation, max_len)
         sums = {k: 0.0 for k in ("bb_seen", "bb_unseen", "plug_seen", "plug_unseen", "n_seen", "n_unseen",
-                                 "z_seen", "z_unseen", "nz_seen", "nz_unseen")}
+                                 "z_seen", "z_unseen", "nz_seen", "nz_unseen", "neutral_seen", "neutral_unseen")}
         with torch.no_grad():
             for i in range(0, len(encoded), args.batch_size):
                 batch = collate(encoded[i : i + args.batch_size], pad_id=0)
@@ -66,13 +69,15 @@ def main() -> None:
                 comb = rule(lp, z)
                 nll_bb = -lp.gather(-1, targets[:, None])[:, 0]
                 nll_pl = -comb.gather(-1, targets[:, None])[:, 0]
+                support = rule.support_mask(lp) if hasattr(rule, "support_mask") else torch.ones_like(lp, dtype=torch.bool)
+                nll_neutral = -rule(lp, neutral_unseen(lp, z, support, seen, rule.alpha)).gather(-1, targets[:, None])[:, 0]
                 is_seen = seen[targets]
                 for name, mask in (("seen", is_seen), ("unseen", ~is_seen)):
                     sums[f"bb_{name}"] += float(nll_bb[mask].sum())
                     sums[f"plug_{name}"] += float(nll_pl[mask].sum())
+                    sums[f"neutral_{name}"] += float(nll_neutral[mask].sum())
                     sums[f"n_{name}"] += float(mask.sum())
                 # reweighter logits on the support, centred on each row's support mean
-                support = rule.support_mask(lp) if hasattr(rule, "support_mask") else torch.ones_like(lp, dtype=torch.bool)
                 centred = z - (z * support).sum(-1, keepdim=True) / support.sum(-1, keepdim=True)
                 for name, mask in (("seen", support & seen[None, :]), ("unseen", support & ~seen[None, :])):
                     sums[f"z_{name}"] += float(centred[mask].sum())
@@ -83,6 +88,11 @@ def main() -> None:
             "share_unseen": sums["n_unseen"] / (sums["n_seen"] + sums["n_unseen"]),
             "nll_black_box": {k: sums[f"bb_{k}"] / max(sums[f"n_{k}"], 1) for k in ("seen", "unseen")},
             "nll_plugin": {k: sums[f"plug_{k}"] / max(sums[f"n_{k}"], 1) for k in ("seen", "unseen")},
+            "nll_plugin_neutral_unseen": {k: sums[f"neutral_{k}"] / max(sums[f"n_{k}"], 1) for k in ("seen", "unseen")},
+            "nll_all": {"black box": (sums["bb_seen"] + sums["bb_unseen"]) / (sums["n_seen"] + sums["n_unseen"]),
+                        "plugin": (sums["plug_seen"] + sums["plug_unseen"]) / (sums["n_seen"] + sums["n_unseen"]),
+                        "plugin, unseen neutral": (sums["neutral_seen"] + sums["neutral_unseen"]) / (sums["n_seen"] + sums["n_unseen"])},
+            "strength": rule.alpha,
             "reweighter_logit_vs_support_mean": {k: sums[f"z_{k}"] / max(sums[f"nz_{k}"], 1) for k in ("seen", "unseen")},
             "support_tokens": {k: int(sums[f"nz_{k}"]) for k in ("seen", "unseen")},
         }
@@ -97,19 +107,30 @@ def main() -> None:
         out.with_suffix(".md").write_text(_table(old))
 
 
+def neutral_unseen(lp: torch.Tensor, z: torch.Tensor, support: torch.Tensor, seen: torch.Tensor, alpha: float) -> torch.Tensor:
+    """``z`` with every unseen support token at the level c that keeps the black box's split of the
+    support's mass between seen and unseen tokens: exp(alpha * c) = E_{p_bb | seen support}[exp(alpha * z)]."""
+    known = support & seen[None, :]
+    lifted = torch.logsumexp(torch.where(known, lp + alpha * z, -math.inf), -1, keepdim=True)
+    base = torch.logsumexp(torch.where(known, lp, -math.inf), -1, keepdim=True)
+    level = torch.nan_to_num((lifted - base) / alpha if alpha else torch.zeros_like(base), nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.where(support & ~seen[None, :], level, z)
+
+
 def _table(rows: dict) -> str:
     lines = [
         "# Held-out loss on target tokens the plugin never had as targets",
         "",
         "Validation rows only (the bench's cut: all references of 100 inputs). NLL per target token of the",
-        "black box alone (with the plugin's prompt) and of the plugin at strength 1, split by whether the",
+        "black box alone (with the plugin's prompt) and of the plugin at the strength its held-out loss chose",
+        "(its folder's, as `trained_rule` reads it; not the strength the bench's text choice then decoded with), split by whether the",
         "token occurs as a target in the plugin's training rows; and the reweighter's logit on the black",
         "box's top-20 support tokens, centred on each position's support mean.",
         "",
         "Command: `python benchmarks/unseen_tokens.py CONFIG --task TASK --plugin FOLDER --out benchmarks/results/unseen-tokens`",
         "",
-        "| task / plugin | unseen share | black box seen | black box unseen | plugin seen | plugin unseen | logit seen | logit unseen |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task / plugin | unseen share | black box seen | black box unseen | plugin seen | plugin unseen | logit seen | logit unseen | all: black box | all: plugin | all: plugin, unseen neutral |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         task, folder = name.split(" | ", 1)
@@ -117,7 +138,8 @@ def _table(rows: dict) -> str:
         lines.append(
             f"| {label} | {100 * r['share_unseen']:.1f}% | {r['nll_black_box']['seen']:.3f} | {r['nll_black_box']['unseen']:.3f} | "
             f"{r['nll_plugin']['seen']:.3f} | {r['nll_plugin']['unseen']:.3f} | "
-            f"{r['reweighter_logit_vs_support_mean']['seen']:+.2f} | {r['reweighter_logit_vs_support_mean']['unseen']:+.2f} |")
+            f"{r['reweighter_logit_vs_support_mean']['seen']:+.2f} | {r['reweighter_logit_vs_support_mean']['unseen']:+.2f} | "
+            + (" | ".join(f"{v:.4f}" for v in r["nll_all"].values()) + f" (strength {r['strength']:g})" if "nll_all" in r else " | ") + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ error up front, not an hour in.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field, fields
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_json
 from ..blackbox import load_blackbox
 from ..blackbox.registry import REGISTRY, split_topk
-from ..data import TASKS, TEMPLATES, Example, get_template, group_by_input, load_task
+from ..data import TASKS, TEMPLATES, Example, find_data_dir, get_template, group_by_input, load_task
 from ..decode import GenerationConfig
 from ..eval import METRICS, evaluate, parse_mr, require_java, slot_error_rate
 from ..finetune import LoraTrainConfig
@@ -269,7 +270,7 @@ def task_sizes(cfg: BenchConfig, task: str) -> list[int | None]:
     (CommonGen has 723 rows, so 1000 and 3000 are the same set) run once, as the smallest of them."""
     if not cfg.sweep:
         return cfg.sizes()
-    available = len(load_task(task, cfg.data.get("data_dir"), seed=int(cfg.data.get("split_seed", 0)))["train"])
+    available = len(_splits(cfg, task)["train"])
     kept = distinct_sizes(cfg.sizes(), available)
     dropped = [n for n in cfg.sizes() if n not in kept]
     if dropped:
@@ -290,12 +291,23 @@ def demo_pool(cfg: BenchConfig, task: str, cache: dict[tuple[str, int | None], T
     return cache[key].train
 
 
+@functools.lru_cache(maxsize=4)
+def _load_splits(task: str, data_dir: str, seed: int):
+    return load_task(task, data_dir, seed=seed)
+
+
+def _splits(cfg: BenchConfig, task: str):
+    """The task's splits, parsed once per process (a sweep cuts them once per size; WebNLG parses
+    XML). Keyed by the resolved data folder; callers only read them."""
+    return _load_splits(task, str(find_data_dir(cfg.data.get("data_dir"))), int(cfg.data.get("split_seed", 0)))
+
+
 def prepare_task(cfg: BenchConfig, task: str, train_rows: int | None = None) -> TaskData:
     """The task's splits, cut to the config's sizes: the same rows for every method and seed
     (the training rows of a smaller size are a subset of those of a larger one)."""
     import random
 
-    splits = load_task(task, cfg.data.get("data_dir"), seed=int(cfg.data.get("split_seed", 0)))
+    splits = _splits(cfg, task)
 
     def cut(rows: list[Example], n: int | None, salt: int) -> list[Example]:
         if n is None or n >= len(rows):
