@@ -163,11 +163,12 @@ def test_topk_black_boxes_are_named_and_train_over_their_support(tiny_dir, tmp_p
 
 
 def test_a_training_size_sweep_gives_cells_per_size_a_table_column_and_curves(tiny_dir, tmp_path):
-    raw = _raw(tiny_dir, tmp_path / "out", methods=["zero-shot", "small"], seeds=[0],
+    raw = _raw(tiny_dir, tmp_path / "out", methods=["zero-shot", "small", "icl-1"], seeds=[0],
                data={"train_rows": [4, 8], "validation_rows": 4, "test_inputs": 2})
     table = run_bench(parse_config(raw), progress=False)
-    cells = sorted(p.name for p in (tmp_path / "out" / "cells").rglob("*.json"))
-    assert cells == ["seed0-n4.json", "seed0-n8.json", "unseeded.json"]
+    cells = sorted(str(p.relative_to(tmp_path / "out" / "cells" / "commongen" / "tiny-bb")) for p in (tmp_path / "out" / "cells").rglob("*.json"))
+    # icl-1 draws its demonstration from the rows every size shares: one cell, like zero-shot
+    assert cells == ["icl-1/seed0.json", "small/seed0-n4.json", "small/seed0-n8.json", "zero-shot/unseeded.json"]
     text = table.read_text()
     assert "| train rows |" in text and "| small | 4 | 1 |" in text and "| small | 8 | 1 |" in text
     assert (tmp_path / "out" / "curve-commongen-tiny-bb.png").exists()

@@ -66,6 +66,9 @@ class Method(ABC):
 
     seeded: bool = True
     uses_training_data: bool = True  # False: one cell however many training rows a config sweeps
+    # True: the training rows serve only as demonstrations, which a size sweep draws from rows
+    # shared by every size, so such a method is one cell there too (a flat line on the curve)
+    demonstrations_only: bool = False
 
     def __init__(self, name: str, train: dict[str, Any] | None = None, reweighter: dict[str, Any] | None = None,
                  lora: dict[str, Any] | None = None, generation: dict[str, Any] | None = None, chat: bool = False,
@@ -138,6 +141,8 @@ class ZeroShot(Method):
 class InContext(Method):
     """k solved training examples (drawn by the seed) before each test prompt."""
 
+    demonstrations_only = True
+
     def __init__(self, name: str, shots: int, **kw: Any):
         super().__init__(name, **kw)
         self.shots = shots
@@ -153,6 +158,8 @@ class RecipePrompt(Method):
     count chosen on validation exactly as the plugin's is (the stored choice is shared). Set
     against the plugin it measures what the reweighting adds; set against icl-K, what choosing
     the count on validation adds."""
+
+    demonstrations_only = True
 
     def recipe_settings(self) -> dict[str, Any] | None:
         # only the demonstrations matter here: the recipe's training settings leave these cells standing

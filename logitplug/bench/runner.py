@@ -67,6 +67,10 @@ class BenchConfig:
         """Whether data.train_rows lists several sizes (a data-size sweep)."""
         return isinstance(self.data.get("train_rows"), list)
 
+    def per_size(self, method: Method) -> bool:
+        """Whether ``method`` runs once per training size (else one cell for all sizes)."""
+        return method.uses_training_data and not (self.sweep and method.demonstrations_only)
+
     def generation_for(self, task: str | None) -> dict[str, Any]:
         """The decoding settings of ``task``: the shared ones with the task's overrides on top."""
         return {**self.generation, **self.task_generation.get(task or "", {})}
@@ -356,12 +360,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
     (cfg.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.source, sort_keys=False))
     largest = max(cfg.sizes(), key=lambda n: float("inf") if n is None else n)
     sizes = {t: task_sizes(cfg, t) for t in cfg.tasks}
-    cells = [(t, b, m, s if m.seeded else None, n if m.uses_training_data else largest)
+    cells = [(t, b, m, s if m.seeded else None, n if cfg.per_size(m) else largest)
              for t in cfg.tasks for b in cfg.blackboxes for m in cfg.methods
-             for n in (sizes[t] if m.uses_training_data else [largest])
+             for n in (sizes[t] if cfg.per_size(m) else [largest])
              for s in (cfg.seeds if m.seeded else [None])]
     todo = [c for c in cells
-            if not _is_done(cell_path(cfg, c[0], c[1], c[2].name, c[3], c[4] if c[2].uses_training_data else None),
+            if not _is_done(cell_path(cfg, c[0], c[1], c[2].name, c[3], c[4] if cfg.per_size(c[2]) else None),
                             settings_key(cfg, c[2], c[0]))]
     if only_report:
         todo = []
@@ -371,7 +375,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
     blackboxes: dict[str, Any] = {}
     bar = tqdm(todo, desc="cells", disable=not progress, dynamic_ncols=True, position=0)
     for task, bb_name, method, seed, size in bar:
-        shown = f" | n={size}" if cfg.sweep and method.uses_training_data else ""
+        shown = f" | n={size}" if cfg.sweep and cfg.per_size(method) else ""
         bar.set_description(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {seed if seed is not None else '-'}{shown}")
         if (task, size) not in task_data:
             task_data[(task, size)] = prepare_task(cfg, task, size)
@@ -400,8 +404,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             "settings_key": settings_key(cfg, method, task),
             "generations": [{"input": ex.input, "output": o} for ex, o in zip(data.test, result.outputs)],
         }
-        record["sweep_size"] = size if cfg.sweep and method.uses_training_data else None
-        atomic_write_json(cell_path(cfg, task, bb_name, method.name, seed, size if method.uses_training_data else None), record, indent=2, default=str)
+        record["sweep_size"] = size if cfg.sweep and cfg.per_size(method) else None
+        atomic_write_json(cell_path(cfg, task, bb_name, method.name, seed, size if cfg.per_size(method) else None), record, indent=2, default=str)
         tqdm.write(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {'-' if seed is None else seed}{shown}: "
                    + ", ".join(f"{k} {v:.2f}" for k, v in record["scores"].items()) + f" ({seconds:.0f} s)")
     bar.close()
