@@ -63,15 +63,17 @@ def markdown(cfg: "BenchConfig", rows: list[dict[str, Any]]) -> str:
             if not sub:
                 continue
             metrics = [m for m in sub[0]["scores"]]
+            sweep = any(r["sweep_size"] is not None for r in sub)
+            rows_said = ("training rows as listed (— : a method that does not train; its demonstrations, if any, "
+                         "come from the smallest size's rows)" if sweep else f"{sub[0]['train_rows']} training rows")
             lines += [f"## {task} · {bb}", "",
-                      f"{sub[0]['train_rows']} training rows, {sub[0]['test_inputs']} test inputs; "
+                      f"{rows_said}, {sub[0]['test_inputs']} test inputs; "
                       "mean ± standard deviation over seeds (runs column); best per column in bold "
                       "(SER and empty: lower is better).", ""]
             best = {}
             for m in metrics:
                 vals = [r["scores"][m]["mean"] for r in sub if m in r["scores"]]
                 best[m] = min(vals) if m in LOWER_IS_BETTER else max(vals)
-            sweep = any(r["sweep_size"] is not None for r in sub)
             lines.append("| method | " + ("train rows | " if sweep else "") + "runs | " + " | ".join(metrics) + " | wall s/cell |")
             lines.append("|---|" + ("---|" if sweep else "") + "---|" + "---|" * len(metrics) + "---|")
             for r in sub:
@@ -79,7 +81,7 @@ def markdown(cfg: "BenchConfig", rows: list[dict[str, Any]]) -> str:
                 for m in metrics:
                     text = _fmt(r["scores"][m], r["runs"]) if m in r["scores"] else "-"
                     cells.append(f"**{text}**" if m in r["scores"] and r["scores"][m]["mean"] == best[m] else text)
-                size = (f"{r['train_rows']} | " if r["sweep_size"] is not None else "all | ") if sweep else ""
+                size = (f"{r['train_rows']} | " if r["sweep_size"] is not None else "— | ") if sweep else ""
                 name = r["method"] + (f" (stale: {r['stale']} of {r['runs']} made with other settings)" if r["stale"] else "")
                 lines.append(f"| {name} | {size}{r['runs']} | " + " | ".join(cells) + f" | {r['wall_seconds']:.0f} |")
             lines.append("")
