@@ -138,6 +138,7 @@ def train(
     lr: float = typer.Option(5e-4, help=_help(_T, "lr")),
     weight_decay: float = typer.Option(0.01, help=_help(_T, "weight_decay")),
     patience: int = typer.Option(3, help=_help(_T, "patience")),
+    evals_per_epoch: int = typer.Option(1, help=_help(_T, "evals_per_epoch")),
     max_length: int = typer.Option(256, help=_help(_T, "max_length")),
     rule: str = typer.Option("product", help=_help(_T, "rule")),
     alpha: float = typer.Option(1.0, help=_help(_T, "alpha")),

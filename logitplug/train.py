@@ -69,7 +69,13 @@ class TrainConfig:
     lr: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (the paper's grid: 0.01 .. 10)"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "fraction of steps with linear warm-up"})
-    patience: int = field(default=3, metadata={"help": "epochs without held-out improvement before stopping"})
+    patience: int = field(default=3, metadata={"help": "held-out evaluations without improvement before stopping "
+                                                        "(epochs, unless evals_per_epoch > 1)"})
+    evals_per_epoch: int = field(
+        default=1,
+        metadata={"help": "held-out evaluations per epoch, evenly spaced, the last at its end: the best weights can come "
+                          "before the first epoch ends (every WebNLG plugin kept epoch 1)"},
+    )
     max_length: int = field(default=256, metadata={"help": "longest prompt+target in tokens; longer prompts are cut on the left"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient norm clip (0 disables)"})
     seed: int = field(default=0, metadata={"help": "seed for initialization and data order"})
@@ -145,7 +151,7 @@ class TrainConfig:
 
         if self.select_by != "loss" and self.select_by not in METRICS:
             raise ValueError(f"TrainConfig.select_by must be 'loss' or a metric ({', '.join(METRICS)}), got {self.select_by!r}")
-        positive = ("epochs", "batch_size", "max_length", "cache_top_k", "select_inputs")
+        positive = ("epochs", "batch_size", "max_length", "cache_top_k", "select_inputs", "evals_per_epoch")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
@@ -214,8 +220,8 @@ class TrainState:
     global_step: int = 0
     best_loss: float = math.inf  # held-out loss of the selected epoch
     best_criterion: float = math.inf  # what selection minimizes: the loss, or minus the text metric
-    best_epoch: int = -1
-    bad_epochs: int = 0
+    best_epoch: float = -1  # fractional with evals_per_epoch > 1 (1.5: half way through the second epoch)
+    bad_epochs: int = 0  # evaluations without improvement
     history: list[dict[str, float]] = field(default_factory=list)
     done: bool = False
 
@@ -441,6 +447,11 @@ def train(
     if resume and (ckpt / STATE_NAME).exists():
         saved = json.loads((ckpt / STATE_NAME).read_text())
         saved_run = json.loads(json.dumps(saved.pop("run_info", run_info)))
+        # a setting added since the checkpoint was written counts as unchanged if it is at its default
+        for part, defaults in (("train_config", TrainConfig(output_dir="-").to_dict()),
+                               ("reweighter_config", ReweighterConfig().to_dict())):
+            if isinstance(saved_run.get(part), dict):
+                saved_run[part] = {**json.loads(json.dumps(defaults)), **saved_run[part]}
         if saved_run != json.loads(json.dumps(run_info)):
             changed = sorted(k for k in saved_run if saved_run[k] != json.loads(json.dumps(run_info)).get(k))
             raise ValueError(
@@ -458,8 +469,9 @@ def train(
         if accelerator.is_main_process:
             (ckpt / STATE_NAME).write_text(json.dumps({**asdict(state), "run_info": run_info}, indent=2, default=str))
 
-    def consider(epoch: int, train_loss: float | None, t0: float) -> None:
-        """Evaluate the current weights after ``epoch`` (0: before training) and keep them if best."""
+    def consider(epoch: float, train_loss: float | None, t0: float) -> None:
+        """Evaluate the current weights after ``epoch`` (0: before training; fractional within an
+        epoch) and keep them if best."""
         eval_loss, bb_loss, scaled, accuracy = _evaluate(model, accelerator, source, rule, eval_enc, config.batch_size,
                                                          config.objective, config.alpha_grid)
         record = {"epoch": epoch, "step": state.global_step, "eval_loss": eval_loss,
@@ -479,7 +491,7 @@ def train(
             record[f"validation_{config.select_by}"] = score
             criterion, shown = -score, f", validation {config.select_by} {score:.2f}"
         state.history.append(record)
-        accelerator.print(f"epoch {epoch}: held-out loss {eval_loss:.4f}{shown} (black box alone {bb_loss:.4f})")
+        accelerator.print(f"epoch {epoch:g}: held-out loss {eval_loss:.4f}{shown} (black box alone {bb_loss:.4f})")
         if criterion < state.best_criterion - 1e-4:
             state.best_criterion, state.best_loss = criterion, eval_loss
             state.best_epoch, state.bad_epochs = epoch, 0
@@ -509,7 +521,14 @@ def train(
                 disable=not (config.progress and accelerator.is_local_main_process), dynamic_ncols=True,
             )
             t0, tokens, loss_avg = time.perf_counter(), 0, None
-            for idx in batches[state.step_in_epoch :]:
+            # evaluations inside the epoch, after these many of its steps (the last one is its end)
+            marks = {round(len(batches) * j / config.evals_per_epoch) for j in range(1, config.evals_per_epoch)} - {0, len(batches)}
+            stopped = False
+            if state.step_in_epoch in marks and (not state.history or state.history[-1]["step"] != state.global_step):
+                # resumed from an interruption between a step and the evaluation due after it
+                consider(state.epoch + state.step_in_epoch / len(batches), None, t0)
+                stopped = state.bad_epochs >= config.patience
+            for idx in batches[state.step_in_epoch :] if not stopped else []:
                 exs = [train_enc[i] for i in idx]
                 batch = collate(exs, pad_id=0)
                 bb = source(exs, batch).to(accelerator.device)
@@ -531,12 +550,17 @@ def train(
                 bar.set_postfix(loss=f"{loss_avg:.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")
                 for cb in callbacks:
                     cb(state)
-                if config.checkpoint_every and state.global_step % config.checkpoint_every == 0:
+                if state.step_in_epoch in marks:
+                    consider(state.epoch + state.step_in_epoch / len(batches), loss_avg, t0)
+                    stopped = state.bad_epochs >= config.patience
                     save_checkpoint()
-                if config.max_steps and state.global_step >= config.max_steps:
+                elif config.checkpoint_every and state.global_step % config.checkpoint_every == 0:
+                    save_checkpoint()
+                if stopped or (config.max_steps and state.global_step >= config.max_steps):
                     break
             bar.close()
-            consider(state.epoch + 1, loss_avg, t0)
+            if not stopped:
+                consider(state.epoch + 1, loss_avg, t0)
             state.epoch += 1
             state.step_in_epoch = 0
             if state.bad_epochs >= config.patience or (config.max_steps and state.global_step >= config.max_steps):

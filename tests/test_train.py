@@ -64,6 +64,31 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_evaluations_within_an_epoch_keep_the_best_point_and_resume_exactly(tmp_path):
+    bb = tiny_blackbox()
+    cfg = _config(tmp_path / "a", epochs=2, evals_per_epoch=2)  # 2 steps per epoch: evaluate after each
+    reference = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL)
+    assert [h["epoch"] for h in reference.history] == [0.5, 1, 1.5, 2]
+    assert [h["step"] for h in reference.history] == [1, 2, 3, 4]
+    best = min(reference.history, key=lambda h: h["eval_loss"])
+    assert read_sidecar(reference.plugin_dir)["best_epoch"] == best["epoch"]
+
+    def interrupt(state):
+        if state.global_step == 3:  # after the step, before the evaluation due at epoch 1.5
+            raise KeyboardInterrupt
+
+    cfg_b = _config(tmp_path / "b", epochs=2, evals_per_epoch=2)
+    with pytest.raises(TrainingInterrupted):
+        train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg_b, SMALL, callbacks=[interrupt])
+    resumed = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg_b, SMALL)
+    assert [h["epoch"] for h in resumed.history] == [0.5, 1, 1.5, 2]
+    assert [h["eval_loss"] for h in resumed.history] == pytest.approx([h["eval_loss"] for h in reference.history], rel=1e-6)
+
+    # patience counts evaluations: a learning rate that only makes things worse stops after two
+    worse = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "c", epochs=4, evals_per_epoch=2, lr=5.0, patience=1), SMALL)
+    assert len(worse.history) < 8
+
+
 def test_on_the_fly_and_cached_training_agree_when_cache_is_complete(tmp_path):
     bb = tiny_blackbox()
     exact = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "a", epochs=2, cache=False), SMALL)
