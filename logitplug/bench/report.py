@@ -130,7 +130,9 @@ def _curves(cfg: "BenchConfig", task: str, bb: str, sub: list[dict[str, Any]], m
     horizontal lines."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.6), squeeze=False)
     methods = list(dict.fromkeys(r["method"] for r in sub))
+    flat_styles = [("--", "gray"), (":", "black"), ("-.", "tab:purple"), ((0, (5, 1)), "tab:brown")]
     for ax, m in zip(axes[0], metrics):
+        flat_seen = 0
         for name in methods:
             pts = sorted((r["train_rows"], r["scores"][m]["mean"], r["scores"][m]["std"]) for r in sub
                          if r["method"] == name and r["sweep_size"] is not None)
@@ -139,7 +141,9 @@ def _curves(cfg: "BenchConfig", task: str, bb: str, sub: list[dict[str, Any]], m
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
                             capsize=3, label=name)
             elif flat:
-                ax.axhline(flat[0]["scores"][m]["mean"], linestyle="--", color="gray", label=name)
+                style, color = flat_styles[flat_seen % len(flat_styles)]
+                flat_seen += 1
+                ax.axhline(flat[0]["scores"][m]["mean"], linestyle=style, color=color, label=name)
         ax.set_xscale("log")
         ax.set_xlabel("training rows", fontsize=8)
         ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""), fontsize=9)
