@@ -3,6 +3,7 @@
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -196,7 +197,7 @@ def test_a_sweep_can_run_some_sizes_now_under_the_whole_configs_settings(tiny_di
     assert settings_key(whole, whole.methods[0], "commongen") == settings_key(part, part.methods[0], "commongen")
 
 
-def test_a_sweep_draws_demonstrations_from_its_smallest_size_so_every_size_has_one_prompt(tiny_dir, tmp_path):
+def test_a_sweep_draws_demonstrations_from_its_smallest_size_so_every_size_has_one_prompt(tiny_dir, tmp_path, monkeypatch):
     from logitplug.bench.methods import with_demonstrations
     from logitplug.bench.runner import demo_pool, prepare_task
     from logitplug.data import get_template
@@ -215,6 +216,24 @@ def test_a_sweep_draws_demonstrations_from_its_smallest_size_so_every_size_has_o
         demos.append(with_pool.template.demos)
     assert demos[0] == demos[1]
     assert demo_pool(parse_config(_raw(tiny_dir, tmp_path / "x")), "commongen", {}) is None  # not a sweep
+    # the count chosen on validation depends on the pool, not the size: chosen once, reused by every size
+    import logitplug.bench.methods as methods
+    from logitplug.data import draw_demonstrations
+
+    asked = []
+
+    def choose(bb, template, train, held_out, counts, seed, generation=None, pool=None):
+        asked.append(counts)
+        shots, rest = draw_demonstrations(train, 1, seed, pool)
+        return template.with_demonstrations(shots), rest, {"demonstrations": 1}
+
+    monkeypatch.setattr(methods, "fix_demonstrations", choose)
+    for rows in (small, large):
+        ctx = CellContext(blackbox=SimpleNamespace(fingerprint="bb"), task="commongen", train=rows, validation=[], test=[],
+                          template=get_template("commongen"), seed=3, generation=GenerationConfig(), models_dir=tmp_path / "m",
+                          demo_pool=pool)
+        with_demonstrations(ctx, (1, 2))
+    assert asked == [(1, 2), 1]
 
 
 def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path, monkeypatch):

@@ -176,14 +176,15 @@ def with_demonstrations(ctx: CellContext, k: int | tuple[int, ...]) -> tuple[Cel
     """The cell with k training examples (drawn by the seed, as icl-K draws them) fixed at the head
     of every prompt, for training and decoding alike: a plugin on top of in-context learning.
     Several counts: the one whose prompt alone scores best on validation BLEU. That choice
-    depends only on the black box, prompt, data, seed and decoding, so it is stored under the
-    models folder and every plugin variant of a run shares it instead of decoding validation again."""
+    depends only on the black box, prompt, the rows drawn from, validation, seed and decoding, so it
+    is stored under the models folder and every plugin variant of a run shares it instead of
+    decoding validation again (and, in a size sweep, every size: they draw from one pool)."""
     counts = demonstration_counts(k)
     pool = ctx.demo_pool
     record = None
     if not isinstance(counts, int):
-        key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), list(counts), ctx.seed,
-                   asdict(ctx.generation), *([[e.input for e in pool]] if pool else []))
+        key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx, pool), list(counts), ctx.seed,
+                   asdict(ctx.generation))
         record = ctx.models_dir / "demonstrations" / f"{key}.json"
         if record.exists():
             info = json.loads(record.read_text())
@@ -210,8 +211,10 @@ def _changed(obj: Any) -> dict[str, Any]:
     return out
 
 
-def _data_key(ctx: CellContext) -> str:
-    return _key([(e.input, e.target) for e in ctx.train], [(e.input, e.target) for e in ctx.validation])
+def _data_key(ctx: CellContext, train: list[Example] | None = None) -> str:
+    """The cell's training rows (or ``train`` in their place) and validation rows, as a key."""
+    rows = ctx.train if train is None else train
+    return _key([(e.input, e.target) for e in rows], [(e.input, e.target) for e in ctx.validation])
 
 
 _STRENGTH_CHOICE = ("strength_by", "strength_candidates", "strength_margin")
