@@ -135,7 +135,9 @@ class TrainConfig:
                           "in input and target alike, so the plugin leaves copying to the black box "
                           "(logitplug.data.augment)"},
     )
-    select_inputs: int = field(default=100, metadata={"help": "held-out inputs decoded per epoch when select_by is a metric"})
+    select_inputs: int = field(
+        default=100, metadata={"help": "held-out inputs decoded for a text choice: per evaluation when select_by is a "
+                                       "metric, per candidate strength when strength_by is one"})
     select_renamed: float = field(
         default=0.0,
         metadata={"help": "fraction of the held-out inputs decoded for select_by or strength_by whose names copied into "

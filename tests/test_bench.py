@@ -334,20 +334,26 @@ def test_variants_that_differ_only_in_the_strength_choice_share_one_training_run
 
     by_loss = {"name": "by-loss", "method": "plugin", "recipe": "paper", "train": {"alpha_grid": [0.5, 1.0]}}
     by_text = {"name": "by-text", "method": "plugin", "recipe": "paper",
-               "train": {"alpha_grid": [0.5, 1.0], "strength_by": "BLEU+ROUGE-L", "strength_candidates": [0.0, 1.0]}}
-    raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[by_loss])
+               "train": {"alpha_grid": [0.5, 1.0], "strength_by": "BLEU+ROUGE-L", "strength_candidates": [0.0, 1.0],
+                         "select_inputs": 2}}
+    raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[by_loss],
+               data={"train_rows": 12, "validation_inputs": 2, "test_inputs": 3})
     run_bench(parse_config(raw), progress=False)
     trainings = []
     real_train = methods.train
     monkeypatch.setattr(methods, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
     renamed = {**by_text, "name": "renamed", "train": {**by_text["train"], "select_renamed": 1.0}}
-    raw["methods"] = [by_loss, by_text, renamed]
+    wider = {**by_text, "name": "wider", "train": {**by_text["train"], "select_inputs": 5}}
+    raw["methods"] = [by_loss, by_text, renamed, wider]
     run_bench(parse_config(raw), progress=False)
-    # the weights trained for by-loss serve by-text and renamed: only their strengths are chosen anew
+    # the weights trained for by-loss serve the others: only their strengths are chosen anew
     assert trainings == []
-    folders = {json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / m / "seed0.json").read_text())
-               ["info"]["artifact"] for m in ("by-text", "renamed")}
-    assert len(folders) == 2  # renamed held-out inputs are another choice, kept apart
+    folders = {m: json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / m / "seed0.json").read_text())
+               ["info"]["artifact"] for m in ("by-text", "renamed", "wider")}
+    assert len(set(folders.values())) == 3  # renamed or more held-out inputs are other choices, kept apart
+    # more inputs for the choice than the loss's 2: the rest of the validation split, after those 2
+    decoded = {m: json.loads((Path(f) / "strength_outputs.json").read_text())["inputs"] for m, f in folders.items()}
+    assert len(decoded["by-text"]) == 2 and len(decoded["wider"]) == 5 and decoded["wider"][:2] == decoded["by-text"]
     cell = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "by-text" / "seed0.json").read_text())
     chosen = cell["info"]["strength_selection"]
     assert chosen["by"] == "BLEU+ROUGE-L" and set(chosen["scores"]) >= {"0", "1"}
@@ -390,6 +396,13 @@ def test_validation_by_input_keeps_every_reference_and_task_generation_overrides
     from logitplug.data import load_task
     full = {ex.input: ex.references for ex in group_by_input(load_task("commongen")["validation"])}
     assert all(set(g.references) == set(full[g.input]) for g in groups)
+    # the strength choice may decode more inputs than the loss uses: the pool starts with the
+    # validation rows (a choice on select_inputs <= validation_inputs sees what it saw before) and
+    # holds every other validation input once, all references kept
+    pool = prepare_task(cfg, "commongen").choice_pool
+    assert pool[:len(validation)] == validation
+    assert {g.input for g in group_by_input(pool)} == set(full) and len(group_by_input(pool)) == len(full)
+    assert all(set(g.references) == set(full[g.input]) for g in group_by_input(pool))
 
     plain = parse_config(_raw(tiny_dir, tmp_path / "out"))
     longer = parse_config(_raw(tiny_dir, tmp_path / "out", task_generation={"commongen": {"max_new_tokens": 9}}))

@@ -53,6 +53,10 @@ class CellContext:
     # rows to draw demonstrations from (default: train). A data-size sweep passes its smallest
     # size's rows (a subset of every size), so the prompt is the same at every size and only the data varies
     demo_pool: list[Example] | None = None
+    # held-out rows for the strength choice by decoded text: the validation rows first, then more
+    # of the validation split, so TrainConfig.select_inputs can ask for more inputs than the loss
+    # uses (default: validation)
+    choice_pool: list[Example] | None = None
 
 
 @dataclass
@@ -255,7 +259,7 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         changed = {k: v for k, v in _changed(probe).items() if k not in ("output_dir", "cache_dir", "progress")}
         # how the strength is chosen after training is not part of the training run's key: variants
         # that differ only there share the trained weights and redo just the choice
-        after_only = _STRENGTH_CHOICE + (("select_renamed",) if probe.select_by == "loss" else ())
+        after_only = _STRENGTH_CHOICE + (("select_renamed", "select_inputs") if probe.select_by == "loss" else ())
         after = {k: changed.pop(k) for k in after_only if k in changed}
         key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), changed, _changed(rcfg))
         trained = ctx.models_dir / f"reweighter-{key}"
@@ -271,7 +275,8 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
             # the choice writes its record into the sidecar last: a copy without one is made again
             if not (folder / "logitplug.json").exists() or "strength_selection" not in read_sidecar(folder):
                 _copy_plugin(trained, folder)
-                scorer = held_out_scorers(probe, ctx.blackbox, ctx.template, ctx.validation, ctx.generation)
+                held_out = ctx.choice_pool or ctx.validation
+                scorer = held_out_scorers(probe, ctx.blackbox, ctx.template, held_out, ctx.generation)
                 choose_strength(folder, ctx.blackbox, replace(probe, progress=ctx.progress), scorer["strength_selector"])
         sidecar = read_sidecar(folder)
         # lower is better: the held-out loss, or minus the selection metric

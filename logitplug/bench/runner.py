@@ -255,6 +255,10 @@ class TaskData:
     validation: list[Example]
     test: list[Example]
     venue_names: list[str]
+    # held-out rows for choices made by decoding text (TrainConfig.select_inputs may ask for more
+    # inputs than the loss's validation holds): the validation rows first, then the rest of the
+    # validation split in the same shuffled order
+    choice_pool: list[Example] | None = None
 
 
 def distinct_sizes(sizes: list[int | None], available: int) -> list[int | None]:
@@ -313,21 +317,27 @@ def prepare_task(cfg: BenchConfig, task: str, train_rows: int | None = None) -> 
 
     splits = _splits(cfg, task)
 
-    def cut(rows: list[Example], n: int | None, salt: int) -> list[Example]:
-        if n is None or n >= len(rows):
-            return list(rows)
+    def shuffled(rows: list[Example], salt: int) -> list[Example]:
         rows = list(rows)
         random.Random(salt).shuffle(rows)
-        return rows[:n]
+        return rows
+
+    def cut(rows: list[Example], n: int | None, salt: int) -> list[Example]:
+        return list(rows) if n is None or n >= len(rows) else shuffled(rows, salt)[:n]
 
     train = cut(splits["train"], train_rows, 1)
     if cfg.data.get("validation_inputs"):
         # whole inputs with all their references: a text metric on validation then sees every
         # reference, as on test (a cut by rows leaves multi-reference tasks 1-2 per input)
-        kept = cut(group_by_input(splits["validation"]), cfg.data["validation_inputs"], 2)
+        grouped = group_by_input(splits["validation"])
+        kept = cut(grouped, cfg.data["validation_inputs"], 2)
+        used = {ex.input for ex in kept}
+        rest = [ex for ex in shuffled(grouped, 2) if ex.input not in used]
         validation = [Example(ex.input, ref) for ex in kept for ref in ex.references]
+        choice_pool = validation + [Example(ex.input, ref) for ex in rest for ref in ex.references]
     else:
         validation = cut(splits["validation"], cfg.data.get("validation_rows"), 2)
+        choice_pool = validation
     test = group_by_input(splits["test"])
     n_test = cfg.data.get("test_inputs")
     test = test[:n_test] if n_test else test
@@ -338,7 +348,7 @@ def prepare_task(cfg: BenchConfig, task: str, train_rows: int | None = None) -> 
     if task.startswith("e2e"):
         names = sorted({v for ex in splits["train"] + splits["validation"] + splits["test"]
                         for k, v in parse_mr(ex.input).items() if k in ("name", "near")})
-    return TaskData(train, validation, test, names)
+    return TaskData(train, validation, test, names, choice_pool)
 
 
 def score(cfg: BenchConfig, task: str, data: TaskData, outputs: list[str]) -> dict[str, float]:
@@ -391,7 +401,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             seed=cfg.seeds[0] if seed is None else seed, generation=GenerationConfig(**cfg.generation_for(task)),
             models_dir=cfg.output_dir / "models" / task / blackbox_label(bb_name), train_overrides=cfg.train,
             reweighter_overrides=cfg.reweighter, lora_overrides=cfg.lora, grid=cfg.grid, progress=progress,
-            demo_pool=demo_pool(cfg, task, task_data),
+            demo_pool=demo_pool(cfg, task, task_data), choice_pool=data.choice_pool,
         )
         t0 = time.perf_counter()
         result = method.run(ctx)
