@@ -8,6 +8,7 @@ interval and the share of resamples where the plugin is ahead. Writes
 benchmarks/results/paired-bootstrap.{json,md}.
 
     python benchmarks/paired_bootstrap.py benchmarks/scoreboard.yaml --against icl-3,recipe-prompt
+    python benchmarks/paired_bootstrap.py benchmarks/scoreboard.yaml --tasks adidas --against mixture-0.5 --out NAME
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def main() -> None:
     ap.add_argument("--tasks", default=None, help="comma-separated (default: the config's)")
     ap.add_argument("--resamples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="paired-bootstrap",
+                    help="results name under benchmarks/results/ (a slice's own name keeps the full table)")
     args = ap.parse_args()
     cfg = load_config(args.config)
     by_name = {m.name: m for m in cfg.methods}
@@ -121,7 +124,7 @@ def main() -> None:
              "holds on resampled test inputs; seeds are averaged inside each resample, so the interval is for "
              "the mean over seeds the scoreboard reports. It does not cover retraining noise (that is what the "
              "seeds show).")
-    save("paired-bootstrap", data_out, intro, "\n".join(lines))
+    save(args.out, data_out, intro, "\n".join(lines))
 
 
 if __name__ == "__main__":
