@@ -287,6 +287,7 @@ def generate(
     num_beams: int = typer.Option(4, help=_help(_G, "num_beams")),
     repetition_penalty: float = typer.Option(1.1, help=_help(_G, "repetition_penalty")),
     repetition_scope: str = typer.Option("generated", help=_help(_G, "repetition_scope")),
+    no_repeat_ngram_size: int = typer.Option(0, help=_help(_G, "no_repeat_ngram_size")),
     stop: list[str] = typer.Option([], help="stop string (repeatable; default: a blank line when the prompt holds "
                                                  "demonstrations, which is where their answers end)"),
     batch_size: int = typer.Option(8, help=_help(_G, "batch_size")),
@@ -303,7 +304,7 @@ def generate(
         gcfg = GenerationConfig(
             strategy=strategy, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, temperature=temperature, top_p=top_p,  # type: ignore[arg-type]
             num_beams=num_beams, repetition_penalty=repetition_penalty, repetition_scope=repetition_scope,  # type: ignore[arg-type]
-            stop_strings=tuple(stop), batch_size=batch_size, seed=seed,
+            no_repeat_ngram_size=no_repeat_ngram_size, stop_strings=tuple(stop), batch_size=batch_size, seed=seed,
         )
         from_plugin = rule is None and plugin is not None and (plugin / "logitplug.json").exists()
         combination = None if from_plugin else get_rule(rule or "product")

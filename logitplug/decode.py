@@ -15,7 +15,7 @@ from typing import Any, Literal, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, NoRepeatNGramLogitsProcessor
 
 from . import _lm
 from .blackbox import BlackBox
@@ -38,6 +38,9 @@ class GenerationConfig:
     repetition_scope: Literal["generated", "all"] = field(
         default="generated", metadata={"help": "penalize generated tokens only, or prompt tokens too"}
     )
+    no_repeat_ngram_size: int = field(
+        default=0, metadata={"help": "forbid repeating any generated n-gram of this size (0: off); ends the loops "
+                                     "long outputs fall into, which a repetition penalty of 1.1 does not"})
     stop_strings: tuple[str, ...] = field(default=(), metadata={"help": "end a row when its text contains one after its first visible character"})
     logprobs: int = field(default=0, metadata={"help": "record the top-N log-probs of the decoding distribution at each new token"})
     batch_size: int = field(default=8, metadata={"help": "prompts decoded together"})
@@ -62,6 +65,8 @@ class GenerationConfig:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.repetition_scope not in ("generated", "all"):
             raise ValueError(f"repetition_scope must be 'generated' or 'all', got {self.repetition_scope!r}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         self.stop_strings = tuple(self.stop_strings)
 
 
@@ -227,6 +232,15 @@ class Decoder:
             return logprobs
         return logprobs.index_fill(-1, torch.tensor([self.eos_id], device=logprobs.device), -math.inf)
 
+    def _no_repeat(self, logprobs: torch.Tensor, generated: list[list[int]]) -> torch.Tensor:
+        """Ban each row's tokens that would repeat one of its generated n-grams (rows are decoded in
+        step, so every row holds as many generated tokens)."""
+        n = self.config.no_repeat_ngram_size
+        if not n or len(generated[0]) + 1 < n:
+            return logprobs
+        ids = torch.tensor(generated, dtype=torch.long)
+        return NoRepeatNGramLogitsProcessor(n)(ids, logprobs.clone())
+
     def _stop_hit(self, tokens: list[int]) -> str | None:
         if not self.config.stop_strings:
             return None
@@ -255,7 +269,7 @@ class Decoder:
         rows = list(range(len(chunk)))  # batch position -> prompt; finished rows leave the batch
         recorded: list[list[TokenLogprobs]] = [[] for _ in chunk]
         for length in range(cfg.max_new_tokens):
-            lp = self._suppress_early_eos(combined.scores(seen), length)
+            lp = self._no_repeat(self._suppress_early_eos(combined.scores(seen), length), [out[i] for i in rows])
             nxt = lp.argmax(-1) if cfg.strategy == "greedy" else _sample(lp, cfg, gen)
             nxt = nxt.cpu()
             if cfg.logprobs:
@@ -297,7 +311,7 @@ class Decoder:
         finished: list[list[tuple[float, list[int], str]]] = [[] for _ in range(n)]
         done = [False] * n
         for length in range(1, cfg.max_new_tokens + 1):
-            lp = self._suppress_early_eos(combined.scores(seen), length - 1).cpu()  # (n*nb, V)
+            lp = self._no_repeat(self._suppress_early_eos(combined.scores(seen), length - 1).cpu(), beams)  # (n*nb, V)
             vocab = lp.shape[-1]
             cand = (scores.reshape(-1, 1) + lp).reshape(n, nb * vocab)
             top_scores, top_idx = cand.topk(2 * nb, dim=-1)
