@@ -239,6 +239,7 @@ class Decoder:
         if not n or len(generated[0]) + 1 < n:
             return logprobs
         ids = torch.tensor(generated, dtype=torch.long)
+        # a copy: transformers 4.x banned in place, and the pin allows any 5.x
         return NoRepeatNGramLogitsProcessor(n)(ids, logprobs.clone())
 
     def _stop_hit(self, tokens: list[int]) -> str | None:
@@ -269,7 +270,9 @@ class Decoder:
         rows = list(range(len(chunk)))  # batch position -> prompt; finished rows leave the batch
         recorded: list[list[TokenLogprobs]] = [[] for _ in chunk]
         for length in range(cfg.max_new_tokens):
-            lp = self._no_repeat(self._suppress_early_eos(combined.scores(seen), length), [out[i] for i in rows])
+            lp = self._suppress_early_eos(combined.scores(seen), length)
+            if cfg.no_repeat_ngram_size:  # no per-step list of the rows' tokens when the option is off
+                lp = self._no_repeat(lp, [out[i] for i in rows])
             nxt = lp.argmax(-1) if cfg.strategy == "greedy" else _sample(lp, cfg, gen)
             nxt = nxt.cpu()
             if cfg.logprobs:

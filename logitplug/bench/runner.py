@@ -331,8 +331,7 @@ def prepare_task(cfg: BenchConfig, task: str, train_rows: int | None = None) -> 
         # reference, as on test (a cut by rows leaves multi-reference tasks 1-2 per input)
         grouped = group_by_input(splits["validation"])
         kept = cut(grouped, cfg.data["validation_inputs"], 2)
-        used = {ex.input for ex in kept}
-        rest = [ex for ex in shuffled(grouped, 2) if ex.input not in used]
+        rest = shuffled(grouped, 2)[len(kept):]  # kept is this order's prefix (or all of it)
         validation = [Example(ex.input, ref) for ex in kept for ref in ex.references]
         choice_pool = validation + [Example(ex.input, ref) for ex in rest for ref in ex.references]
     else:
