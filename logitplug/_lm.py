@@ -224,6 +224,8 @@ def step_hidden(model: nn.Module, state: StepState, next_tokens: torch.Tensor) -
 def head_rows(model: nn.Module, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Logits (B, k) of only the tokens ``ids`` (B, k): k rows of the head instead of all V."""
     head = model.get_output_embeddings()
+    if hasattr(head, "rows"):  # a head that is not one weight matrix (reweighter.model.TokenVectorHead)
+        return _softcap(model, head.rows(hidden, ids))
     weight = head.weight[ids]  # (B, k, H)
     logits = torch.einsum("bh,bkh->bk", hidden.to(weight.dtype), weight)
     if getattr(head, "bias", None) is not None:

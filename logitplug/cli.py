@@ -162,6 +162,7 @@ def train(
     copy_feature: bool = typer.Option(False, help=_help(_R, "copy_feature")),
     neutral_unseen: bool = typer.Option(False, help=_help(_R, "neutral_unseen")),
     init_from: Optional[str] = typer.Option(None, help=_help(_R, "init_from")),
+    token_vectors_from: Optional[str] = typer.Option(None, help=_help(_R, "token_vectors_from")),
     cache: bool = typer.Option(True, help=_help(_T, "cache")),
     cache_dir: Optional[str] = typer.Option(None, help=_help(_T, "cache_dir")),
     cache_top_k: int = typer.Option(256, help=_help(_T, "cache_top_k")),

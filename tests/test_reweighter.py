@@ -168,3 +168,40 @@ def test_token_evidence_counts_distinct_inputs_not_rows():
     inputs = ["a", "a", "b", "c", "d"]
     assert token_evidence(targets, inputs, 8).nonzero().flatten().tolist() == [1, 5]
     assert token_evidence(targets, inputs, 8, min_inputs=1).nonzero().flatten().tolist() == [1, 2, 3, 4, 5]
+
+
+def test_token_vectors_from_a_pretrained_lm_are_frozen_and_saved_once(tmp_path):
+    bb = tiny_blackbox()
+    bb.model.save_pretrained(tmp_path / "lm")
+    table = bb.model.get_input_embeddings().weight.detach()
+    rw = Reweighter.build(ReweighterConfig(token_vectors_from=str(tmp_path / "lm"), **SMALL), bb.vocab_size, bb.tokenizer)
+    assert torch.equal(rw.lm.get_input_embeddings().table, table)
+    trainable = {n for n, p in rw.named_parameters() if p.requires_grad}
+    assert not any("table" in n for n in trainable)  # the pretrained vectors never move
+    assert {"lm.lm_head.proj.weight", "lm.model.embed_tokens.proj.weight"} <= trainable
+    ids = torch.randint(0, bb.vocab_size, (2, 7))
+    mask = torch.ones_like(ids)
+    full = rw(ids, mask)
+    # the output logits are the projected hidden state against the pretrained table
+    hidden = rw.lm.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(full, rw.lm.lm_head.proj(hidden) @ table.T)
+    rows = torch.randint(0, bb.vocab_size, (2, 5))
+    _decoding_agrees_with_teacher_forcing(rw, ids, mask, full, 4, rows)
+    rw.save_pretrained(tmp_path / "p", bb.fingerprint)
+    back = Reweighter.from_pretrained(tmp_path / "p", bb.fingerprint)
+    assert torch.equal(back(ids, mask), full)
+    from safetensors.torch import load_file
+
+    assert sum(v.shape == table.shape for v in load_file(str(tmp_path / "p" / "model.safetensors")).values()) == 1
+
+
+def test_token_vectors_need_the_blackbox_tokenizer_and_a_model(tmp_path):
+    bb = tiny_blackbox()
+    bb.model.save_pretrained(tmp_path / "lm")
+    other = tiny_blackbox(vocab_size=300)
+    with pytest.raises(TokenizerMismatchError, match="black box's tokenizer"):
+        Reweighter.build(ReweighterConfig(token_vectors_from=str(tmp_path / "lm"), **SMALL), other.vocab_size, other.tokenizer)
+    with pytest.raises(FileNotFoundError, match="registered black box name"):
+        Reweighter.build(ReweighterConfig(token_vectors_from=str(tmp_path / "none"), **SMALL), bb.vocab_size, bb.tokenizer)
+    with pytest.raises(ValueError, match="not both"):
+        ReweighterConfig(token_vectors_from="x", init_from="y")

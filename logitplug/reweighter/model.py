@@ -65,6 +65,13 @@ class ReweighterConfig:
     init_from: str | None = field(
         default=None, metadata={"help": "folder of a pretrained causal LM with the black box's tokenizer to start from"}
     )
+    token_vectors_from: str | None = field(
+        default=None,
+        metadata={"help": "a pretrained causal LM with the black box's tokenizer (registered name or folder) whose token "
+                          "embeddings, frozen, become the reweighter's input and output vectors: a token's reweighting then "
+                          "follows its pretrained meaning, so tokens never seen in training are treated like similar ones "
+                          "instead of all being demoted"},
+    )
     vocab_size: int = field(default=0, metadata={"help": "set from the black box; never by hand"})
 
     def __post_init__(self) -> None:
@@ -72,6 +79,11 @@ class ReweighterConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ReweighterConfig.{name} must be a positive integer, got {value!r}")
+        if self.init_from and self.token_vectors_from:
+            raise ValueError("ReweighterConfig: give init_from or token_vectors_from, not both")
+        if self.token_vectors_from and self.tie_embeddings:
+            raise ValueError("ReweighterConfig: token_vectors_from already shares one frozen table between input and "
+                             "output; tie_embeddings must be False")
         if self.init_from is None and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"ReweighterConfig.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
@@ -180,13 +192,24 @@ class Reweighter(nn.Module):
                 )
         else:
             lm = LlamaForCausalLM(_llama_config(config, tokenizer))
+        if config.token_vectors_from:
+            table = pretrained_token_vectors(config.token_vectors_from)
+            if table.shape[0] != vocab_size:
+                raise TokenizerMismatchError(
+                    f"token_vectors_from model {config.token_vectors_from} has {table.shape[0]} tokens but the black box "
+                    f"has {vocab_size}; it must use the black box's tokenizer"
+                )
+            use_token_vectors(lm, table)
         if config.zero_init_head:
             head = lm.get_output_embeddings()
             if config.tie_embeddings:
                 raise ValueError("zero_init_head=True needs tie_embeddings=False (a zero head would zero the embeddings)")
-            nn.init.zeros_(head.weight)
-            if getattr(head, "bias", None) is not None:
-                nn.init.zeros_(head.bias)
+            if isinstance(head, TokenVectorHead):
+                nn.init.zeros_(head.proj.weight)
+            else:
+                nn.init.zeros_(head.weight)
+                if getattr(head, "bias", None) is not None:
+                    nn.init.zeros_(head.bias)
         return cls(config, lm)
 
     @property
@@ -295,6 +318,8 @@ class Reweighter(nn.Module):
         config.init_from = raw.get("init_from")
         lm = AutoModelForCausalLM.from_config(llm_config, dtype=torch.float32)
         state = load_file(str(path / WEIGHTS_NAME))
+        if config.token_vectors_from:  # the frozen table travels in the weights file
+            use_token_vectors(lm, state[TokenVectors.TABLE_KEY])
         extra_state: dict[str, dict[str, torch.Tensor]] = {}
         for k, v in state.items():
             if k.startswith(EXTRA_PREFIX):
@@ -315,6 +340,71 @@ class Reweighter(nn.Module):
         for name, module in extras.items():
             module.load_state_dict(extra_state[name])
         return model
+
+
+class TokenVectors(nn.Module):
+    """Input embeddings made of frozen pretrained token vectors, projected to the reweighter's width.
+
+    A from-scratch reweighter learns one input and one output vector per token from a few hundred
+    rows, so every token missing from those rows keeps a vector training only pushed down: on WebNLG's
+    unseen categories a third of the words to write are such tokens (BENCHMARKS.md). With a pretrained
+    table, frozen, what the reweighter learns is a map in a space where "astronaut" already sits near
+    "pilot": what it learns for seen tokens carries over to similar unseen ones."""
+
+    TABLE_KEY = "model.embed_tokens.table"
+
+    def __init__(self, table: torch.Tensor, hidden_size: int):
+        super().__init__()
+        self.register_buffer("table", table.detach().float().contiguous())
+        self.proj = nn.Linear(table.shape[1], hidden_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.table[input_ids])
+
+
+class TokenVectorHead(nn.Module):
+    """Output head over the same frozen table: logit_t = proj(h) . table_t. Reads the table from the
+    input side (one copy in memory and in the weights file)."""
+
+    def __init__(self, vectors: TokenVectors, hidden_size: int):
+        super().__init__()
+        object.__setattr__(self, "_vectors", vectors)  # not a submodule: its table is saved once, by the input side
+        self.proj = nn.Linear(hidden_size, vectors.table.shape[1], bias=False)
+
+    @property
+    def weight(self) -> torch.Tensor:  # (V, D): what code sizing the vocabulary from the head reads
+        return self._vectors.table
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.proj(hidden.to(self.proj.weight.dtype)) @ self._vectors.table.T
+
+    def rows(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, k) of the tokens ``ids`` (B, k) from hidden states (B, H)."""
+        return torch.einsum("bd,bkd->bk", self.proj(hidden.to(self.proj.weight.dtype)), self._vectors.table[ids])
+
+
+def pretrained_token_vectors(name_or_path: str) -> torch.Tensor:
+    """The input-embedding table (V, D) of a pretrained causal LM: a registered black-box name or a folder."""
+    folder = Path(name_or_path)
+    if not (folder / "config.json").exists():
+        from ..blackbox.registry import REGISTRY, ensure_converted
+
+        if name_or_path not in REGISTRY:
+            raise FileNotFoundError(
+                f"token_vectors_from: no model at {name_or_path!r}; give a registered black box name "
+                f"({', '.join(sorted(REGISTRY))}) or a folder holding a causal LM (config.json and weights) with the "
+                "black box's tokenizer"
+            )
+        folder = ensure_converted(name_or_path)
+    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    return lm.get_input_embeddings().weight.detach().clone()
+
+
+def use_token_vectors(lm: nn.Module, table: torch.Tensor) -> None:
+    """Give ``lm`` input embeddings and an output head built on the frozen ``table`` (see TokenVectors)."""
+    vectors = TokenVectors(table, lm.config.hidden_size)
+    lm.set_input_embeddings(vectors)
+    lm.set_output_embeddings(TokenVectorHead(vectors, lm.config.hidden_size))
 
 
 class UnseenTokens(nn.Module):
