@@ -163,6 +163,12 @@ def train(
     neutral_unseen: bool = typer.Option(False, help=_help(_R, "neutral_unseen")),
     init_from: Optional[str] = typer.Option(None, help=_help(_R, "init_from")),
     token_vectors_from: Optional[str] = typer.Option(None, help=_help(_R, "token_vectors_from")),
+    try_token_vectors: bool = typer.Option(
+        False, help="also train a plugin whose token vectors are the black box's own pretrained embeddings (frozen; "
+                    "an endpoint's --tokenizer must then name a model with weights) and keep whichever writes the better "
+                    "held-out text (needs --strength-by a text metric, as the default recipe has). Costs a second "
+                    "training; on CommonGen the vectors won, on E2E and WebNLG the default (BENCHMARKS.md). Both plugins "
+                    "stay under OUTPUT_DIR/candidates, the kept one is copied to OUTPUT_DIR, choice.json says why"),
     cache: bool = typer.Option(True, help=_help(_T, "cache")),
     cache_dir: Optional[str] = typer.Option(None, help=_help(_T, "cache_dir")),
     cache_top_k: int = typer.Option(256, help=_help(_T, "cache_top_k")),
@@ -201,6 +207,22 @@ def train(
                                    if _CLI_NAME.get(f.name, f.name) in o})
     except ValueError as e:
         _fail(str(e))
+    source = None
+    if try_token_vectors:  # checked before any training, so a bad combination costs nothing
+        from .blackbox import REGISTRY, split_topk
+
+        if rcfg.token_vectors_from or rcfg.init_from:
+            _fail("--try-token-vectors compares the reweighter you configure with one on the black box's token vectors; "
+                  "drop --token-vectors-from / --init-from")
+        if tcfg.strength_by == "loss":
+            _fail("--try-token-vectors compares held-out text: give --strength-by a text metric or a mix "
+                  "(the default recipe's is BLEU+METEOR+ROUGE-L+CIDEr)")
+        endpoint = blackbox.startswith(("http://", "https://", "chat+"))
+        source = tokenizer if endpoint else split_topk(blackbox)[0]
+        if not source or not (source in REGISTRY or (Path(source) / "config.json").exists()):
+            _fail(f"--try-token-vectors needs the black box's pretrained token embeddings: {source!r} is neither a "
+                  f"registered name ({', '.join(sorted(REGISTRY))}) nor a folder holding a model"
+                  + (" (for an endpoint, --tokenizer must name one)" if endpoint else ""))
     if task is not None:  # the task's own validation split does early stopping
         splits = _task_splits(task, data_dir, seed)
         train_rows, eval_rows = splits["train"], splits["validation"]
@@ -241,11 +263,19 @@ def train(
 
         # held-out decoding as `generate` decodes by default: greedy, penalty 1.1, an answer ends at a blank line
         scorers = held_out_scorers(tcfg, bb, tmpl, eval_rows, GenerationConfig(repetition_penalty=1.1, stop_strings=("\n\n",)))
-        result = run_train(bb, train_rows, eval_rows, tmpl, tcfg, rcfg, **scorers)
+        if try_token_vectors:
+            from .train import train_and_choose
+
+            candidates = {"default": rcfg, "token-vectors": replace(rcfg, token_vectors_from=source)}
+            result, choice = train_and_choose(bb, train_rows, eval_rows, tmpl, tcfg, candidates, **scorers)
+            typer.echo(f"kept the {choice['chosen']} reweighter (held-out text: "
+                       + ", ".join(f"{n} {m:.3f}" for n, m in choice["held_out_mix"].items()) + ")")
+        else:
+            result = run_train(bb, train_rows, eval_rows, tmpl, tcfg, rcfg, **scorers)
     except TrainingInterrupted as e:
         typer.secho(str(e), fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130)
-    except (DataError, ValueError, FileExistsError) as e:
+    except (DataError, ValueError, FileExistsError, FileNotFoundError) as e:
         _fail(str(e))
     except RuntimeError as e:  # an unreachable endpoint: recorded rows stay in the cache
         from .blackbox import BlackBoxUnavailable

@@ -12,6 +12,7 @@ of the kept plugin, by one metric or a mix.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .blackbox import BlackBox
@@ -151,3 +152,37 @@ def fix_demonstrations(
         return template, list(train), info
     demos, rest = draw_demonstrations(train, best, seed, pool)
     return template.with_demonstrations(demos), rest, info
+
+
+def choose_plugin(folders: Sequence[str | Path], margin: float = 0.02) -> tuple[int, list[float]]:
+    """Which of several trained plugins writes the best held-out text: (index, each one's mix).
+
+    Every folder must hold a strength choice by text (``strength_by`` a metric or a mix), made on
+    the same held-out inputs; a plugin's score is its metrics at the strength it chose, each divided
+    by the best plugin's, averaged (the strength choice's mix). The first plugin (the default) is
+    kept unless another beats its mix by more than ``margin``: two trainings of one plugin already
+    differ by about 2% (BENCHMARKS.md), so smaller leads are noise."""
+    if not folders:
+        raise ValueError("choose_plugin needs at least one plugin folder")
+    held = [held_out_text_scores(folder) for folder in folders]
+    metrics = [m for m in held[0] if all(m in h for h in held) and max(h[m] for h in held) > 0]
+    if not metrics:
+        raise ValueError(f"the plugins {[str(f) for f in folders]} share no held-out text metric to compare them by")
+    best = {m: max(h[m] for h in held) for m in metrics}
+    mixes = [sum(h[m] / best[m] for m in metrics) / len(metrics) for h in held]
+    challenger = max(range(1, len(mixes)), key=lambda i: mixes[i], default=0)
+    pick = challenger if challenger and mixes[challenger] > mixes[0] * (1 + margin) else 0
+    return pick, mixes
+
+
+def held_out_text_scores(folder: str | Path) -> dict[str, float]:
+    """A plugin's held-out text metrics at the strength it decodes with (its strength choice's record)."""
+    from .reweighter import read_sidecar
+
+    sidecar = read_sidecar(folder)
+    chosen = sidecar.get("strength_selection")
+    if not chosen or "scores" not in chosen:
+        raise ValueError(f"{folder} holds no strength choice by held-out text; train it with strength_by set "
+                         "to a text metric (e.g. 'BLEU+METEOR+ROUGE-L+CIDEr') to compare it with others")
+    got = chosen["scores"][f"{float(sidecar['train_config']['alpha']):g}"]
+    return {k: float(v) for k, v in got.items()} if isinstance(got, dict) else {chosen["by"]: float(got)}

@@ -676,3 +676,60 @@ def trained_rule(plugin_dir: str | Path, eos_token_id: int | None = None):
     saved = dict(read_sidecar(plugin_dir).get("train_config") or {})
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(output_dir="-", **{k: v for k, v in saved.items() if k in known}).combination(eos_token_id)
+
+
+CANDIDATES_DIR = "candidates"
+CHOICE_NAME = "choice.json"
+
+
+def train_and_choose(
+    blackbox: BlackBox,
+    train_examples: Sequence[Example],
+    eval_examples: Sequence[Example],
+    template: PromptTemplate,
+    config: TrainConfig,
+    candidates: dict[str, ReweighterConfig],
+    margin: float = 0.02,
+    **scorers: Any,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train one plugin per candidate reweighter, keep the one whose held-out text scores best.
+
+    No reweighter wins every task: pretrained token vectors beat the default on CommonGen's new
+    concept sets and lose on E2E and WebNLG (BENCHMARKS.md), and held-out text picked the better one
+    on every seed measured. Each candidate trains into ``output_dir/candidates/NAME`` (resuming on
+    its own; a finished one is reused; recorded black-box log-probs are shared through the cache);
+    the chosen one is copied into ``output_dir`` itself, so ``generate --plugin output_dir`` works,
+    with ``choice.json`` saying what was compared. The first candidate is the default, kept unless
+    another beats its held-out mix by more than ``margin`` (``selection.choose_plugin``)."""
+    from .selection import choose_plugin
+
+    if config.strength_by == "loss":
+        raise ValueError("choosing between reweighters compares their held-out text: set strength_by to a text "
+                         "metric or a mix (the default recipe's 'BLEU+METEOR+ROUGE-L+CIDEr')")
+    if not candidates:
+        raise ValueError("train_and_choose needs at least one candidate reweighter")
+    out = Path(config.output_dir)
+    if (out / "logitplug.json").exists():
+        raise FileExistsError(f"{out} already holds a trained plugin; choose another --output-dir or delete it")
+    results: dict[str, TrainResult] = {}
+    for name, rcfg in candidates.items():
+        folder = out / CANDIDATES_DIR / name
+        if (folder / "logitplug.json").exists() and not (folder / CHECKPOINT_DIR).exists():
+            history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").exists() else []
+            bb_loss = history[-1]["blackbox_eval_loss"] if history else math.nan
+            results[name] = TrainResult(folder, float(read_sidecar(folder)["eval_loss"]), bb_loss, history)
+            logger.info("candidate %s already trained in %s", name, folder)
+            continue
+        logger.info("training candidate reweighter %s (%d of %d)", name, len(results) + 1, len(candidates))
+        results[name] = train(blackbox, train_examples, eval_examples, template, replace(config, output_dir=str(folder)),
+                              rcfg, **scorers)
+    index, mixes = choose_plugin([r.plugin_dir for r in results.values()], margin)
+    chosen = list(results)[index]
+    choice = {"chosen": chosen, "margin": margin, "held_out_mix": dict(zip(results, mixes)),
+              "candidates": {n: {"folder": str(r.plugin_dir), "eval_loss": r.best_loss} for n, r in results.items()}}
+    (out / CHOICE_NAME).write_text(json.dumps(choice, indent=2))
+    files = sorted((p for p in results[chosen].plugin_dir.iterdir() if p.is_file()), key=lambda p: p.name == SIDECAR_NAME)
+    for item in files:  # the sidecar last: it marks a finished plugin folder
+        shutil.copy2(item, out / item.name)
+    logger.info("kept %s (held-out text mix %s)", chosen, ", ".join(f"{n} {m:.3f}" for n, m in zip(results, mixes)))
+    return replace(results[chosen], plugin_dir=out), choice

@@ -219,3 +219,37 @@ def test_bench_running_some_methods_keeps_the_whole_configs_table(tmp_path, bb_d
         assert res.exit_code == 0, res.output
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| zero-shot |" in table and "| icl-1 |" in table  # the first run's cell is still in the table
+
+
+def test_try_token_vectors_trains_both_and_keeps_the_better_held_out_text(tmp_path, bb_dir, data):
+    args = ["train", "--train-file", str(data), "--blackbox", str(bb_dir), "--input-column", "mr",
+            "--target-column", "ref", "--epochs", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
+            "--cache-dir", str(tmp_path / "cache"), "--strength-candidates", "0,1"]
+    out = tmp_path / "plugin"
+    res = runner.invoke(app, args + ["--output-dir", str(out), "--try-token-vectors"])
+    assert res.exit_code == 0, res.output
+    choice = json.loads((out / "choice.json").read_text())
+    assert set(choice["held_out_mix"]) == {"default", "token-vectors"} and "kept the" in res.output
+    kept = out / "candidates" / choice["chosen"]
+    assert (out / "model.safetensors").read_bytes() == (kept / "model.safetensors").read_bytes()
+    vectors = json.loads((out / "candidates" / "token-vectors" / "logitplug.json").read_text())
+    assert vectors["reweighter_config"]["token_vectors_from"] == str(bb_dir)
+    gen_out = tmp_path / "gen.jsonl"
+    res = runner.invoke(app, ["generate", "--input-file", str(data), "--input-column", "mr", "--output", str(gen_out),
+                              "--blackbox", str(bb_dir), "--plugin", str(out), "--max-new-tokens", "3"])
+    assert res.exit_code == 0, res.output
+    # a second run finds the plugin made; a bad combination fails before any training
+    res = runner.invoke(app, args + ["--output-dir", str(out), "--try-token-vectors"])
+    assert res.exit_code == 2 and "already holds a trained plugin" in res.output
+    # interrupted before the choice was copied: a rerun reuses both finished candidates, trains nothing
+    (out / "logitplug.json").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "candidates").glob("*/model.safetensors")}
+    res = runner.invoke(app, args + ["--output-dir", str(out), "--try-token-vectors"])
+    assert res.exit_code == 0, res.output
+    assert len(stamps) == 2 and all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert json.loads((out / "choice.json").read_text())["chosen"] == choice["chosen"]
+    res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "p2"), "--try-token-vectors", "--strength-by", "loss"])
+    assert res.exit_code == 2 and "--strength-by" in res.output and not (tmp_path / "p2").exists()
+    res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "p3"), "--try-token-vectors",
+                                     "--token-vectors-from", str(bb_dir)])
+    assert res.exit_code == 2 and "drop --token-vectors-from" in res.output

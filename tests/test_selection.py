@@ -1,3 +1,5 @@
+import json
+
 """Choosing how many demonstrations a prompt holds, by the black box's own held-out outputs."""
 
 import pytest
@@ -85,3 +87,32 @@ def test_held_out_scorers_decode_renamed_inputs_when_the_config_asks(monkeypatch
         assert kept == (20 if renamed == 0 else 0)
     with pytest.raises(ValueError, match="select_renamed"):
         TrainConfig(output_dir="-", select_renamed=2)
+
+
+def _plugin_with_held_out_scores(folder, scores: dict, alpha: float):
+    from logitplug.reweighter.model import SIDECAR_NAME
+
+    folder.mkdir(parents=True)
+    sidecar = {"train_config": {"alpha": alpha},
+               "strength_selection": {"by": "BLEU+METEOR", "best": alpha, "scores": scores}}
+    (folder / SIDECAR_NAME).write_text(json.dumps(sidecar))
+    return folder
+
+
+def test_choose_plugin_keeps_the_default_unless_another_clearly_writes_better(tmp_path):
+    from logitplug.selection import choose_plugin
+
+    default = _plugin_with_held_out_scores(tmp_path / "a", {"0": {"BLEU": 10, "METEOR": 20}, "1": {"BLEU": 12, "METEOR": 22}}, 1.0)
+    close = _plugin_with_held_out_scores(tmp_path / "b", {"0.5": {"BLEU": 12.1, "METEOR": 22}}, 0.5)
+    better = _plugin_with_held_out_scores(tmp_path / "c", {"1": {"BLEU": 15, "METEOR": 22}}, 1.0)
+    assert choose_plugin([default, close])[0] == 0  # a lead within the margin is noise
+    index, mixes = choose_plugin([default, close, better])
+    assert index == 2 and mixes[2] == 1.0 and mixes[0] == pytest.approx((12 / 15 + 22 / 22) / 2)
+    # the scores read are those at the strength the plugin decodes with, not the best-scoring one
+    decoded_at_zero = _plugin_with_held_out_scores(tmp_path / "d", {"0": {"BLEU": 1, "METEOR": 2}, "1": {"BLEU": 99, "METEOR": 99}}, 0.0)
+    assert choose_plugin([default, decoded_at_zero])[0] == 0
+    unchosen = tmp_path / "e"
+    unchosen.mkdir()
+    (unchosen / "logitplug.json").write_text(json.dumps({"train_config": {"alpha": 1.0}}))
+    with pytest.raises(ValueError, match="no strength choice by held-out text"):
+        choose_plugin([default, unchosen])

@@ -396,7 +396,10 @@ def pretrained_token_vectors(name_or_path: str) -> torch.Tensor:
                 "black box's tokenizer"
             )
         folder = ensure_converted(name_or_path)
-    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    except OSError as e:  # a tokenizer-only folder, or weights missing
+        raise FileNotFoundError(f"token_vectors_from: {folder} holds no loadable model weights ({e})") from e
     return lm.get_input_embeddings().weight.detach().clone()
 
 
