@@ -171,7 +171,7 @@ def choose_plugin(folders: Sequence[str | Path], margin: float = 0.02) -> tuple[
     best = {m: max(h[m] for h in held) for m in metrics}
     mixes = [sum(h[m] / best[m] for m in metrics) / len(metrics) for h in held]
     challenger = max(range(1, len(mixes)), key=lambda i: mixes[i], default=0)
-    pick = challenger if challenger and mixes[challenger] > mixes[0] * (1 + margin) else 0
+    pick = challenger if challenger and mixes[challenger] > mixes[0] + margin else 0  # as the strength choice's margin
     return pick, mixes
 
 
