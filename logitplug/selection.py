@@ -165,9 +165,12 @@ def choose_plugin(folders: Sequence[str | Path], margin: float = 0.02) -> tuple[
     if not folders:
         raise ValueError("choose_plugin needs at least one plugin folder")
     held = [held_out_text_scores(folder) for folder in folders]
-    metrics = [m for m in held[0] if all(m in h for h in held) and max(h[m] for h in held) > 0]
-    if not metrics:
+    shared = [m for m in held[0] if all(m in h for h in held)]
+    if not shared:
         raise ValueError(f"the plugins {[str(f) for f in folders]} share no held-out text metric to compare them by")
+    metrics = [m for m in shared if max(h[m] for h in held) > 0]
+    if not metrics:  # every plugin scores 0 on every metric: a tie, the default stays
+        return 0, [1.0] * len(held)
     best = {m: max(h[m] for h in held) for m in metrics}
     mixes = [sum(h[m] / best[m] for m in metrics) / len(metrics) for h in held]
     challenger = max(range(1, len(mixes)), key=lambda i: mixes[i], default=0)

@@ -57,6 +57,8 @@ def _raw(tiny_dir, out, **kw):
     ({"task_generation": {"e2e": {"max_new_tokens": 9}}}, "not in 'tasks'"),
     ({"task_generation": {"commongen": {"max_new_tokens": 0}}}, "task_generation.commongen"),
     ({"data": {"validation_rows": 6, "validation_inputs": 3}}, "not both"),
+    ({"methods": [{"name": "x", "method": "small", "alternatives": [{"gate": True}]}]}, "applies to plugin methods"),
+    ({"methods": [{"name": "x", "method": "plugin", "alternatives": [{"gates": True}]}]}, r"unknown alternatives setting"),
 ])
 def test_bad_config_is_refused_before_any_work(tiny_dir, tmp_path, change, message):
     with pytest.raises(BenchConfigError, match=message):
@@ -373,6 +375,31 @@ def test_variants_that_differ_only_in_the_strength_choice_share_one_training_run
             p.add_(1.0)
     rw.save_pretrained(cell["info"]["artifact"], fingerprint)
     assert trained_weights.read_bytes() == before and chosen_weights.read_bytes() != before
+
+
+def test_a_plugin_with_alternatives_keeps_the_reweighter_whose_held_out_text_wins(tiny_dir, tmp_path, monkeypatch):
+    import logitplug.bench.methods as methods
+
+    by_text = {"alpha_grid": [1.0], "strength_by": "BLEU+ROUGE-L", "strength_candidates": [0.0, 1.0], "select_inputs": 2}
+    plain = {"name": "plain", "method": "plugin", "recipe": "paper", "train": by_text}
+    gated = {"name": "gated", "method": "plugin", "recipe": "paper", "train": by_text, "reweighter": {"gate": True}}
+    raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[plain, gated],
+               data={"train_rows": 12, "validation_inputs": 2, "test_inputs": 3})
+    run_bench(parse_config(raw), progress=False)
+    trainings = []
+    real_train = methods.train
+    monkeypatch.setattr(methods, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
+    choose = {"name": "choose", "method": "plugin", "recipe": "paper", "train": by_text, "alternatives": [{"gate": True}]}
+    raw["methods"] = [plain, gated, choose]
+    run_bench(parse_config(raw), progress=False)
+    assert trainings == []  # both candidates are the variants' trained plugins
+    cells = {m: json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / m / "seed0.json").read_text())
+             for m in ("plain", "gated", "choose")}
+    choice = cells["choose"]["info"]["reweighter_choice"]
+    kept = ["plain", "gated"][choice["chosen"]]
+    assert cells["choose"]["info"]["artifact"] == cells[kept]["info"]["artifact"]
+    assert cells["choose"]["generations"] == cells[kept]["generations"]
+    assert choice["chosen"] == 0 or choice["held_out_mix"][1] > choice["held_out_mix"][0] + 0.02
 
 
 def test_model_keys_ignore_settings_left_at_their_defaults():

@@ -28,7 +28,7 @@ from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import WEIGHTS_NAME, LogitDifference, Reweighter, ReweighterConfig, read_sidecar
-from ..selection import demonstration_counts, fix_demonstrations, held_out_scorers
+from ..selection import choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers
 from ..train import TrainConfig, choose_strength, train, trained_rule
 
 
@@ -295,10 +295,14 @@ class TrainedCombination(Method):
     """A reweighter trained through a combination rule and decoded through the same rule:
     the plugin (product), the paper's weighted mixture, or the small model alone."""
 
-    def __init__(self, name: str, rule: str, mixture_weight: float = 0.5, **kw: Any):
+    def __init__(self, name: str, rule: str, mixture_weight: float = 0.5,
+                 alternatives: list[dict[str, Any]] | None = None, **kw: Any):
         super().__init__(name, **kw)
         self.rule = rule
         self.mixture_weight = mixture_weight
+        # other reweighters (reweighter settings over the method's) trained beside it; the one whose
+        # held-out text scores best decodes test (selection.choose_plugin, as `train --try-token-vectors`)
+        self.alternatives = [dict(a) for a in alternatives or []]
 
     def run(self, ctx: CellContext) -> MethodOutput:
         demo_info: dict[str, Any] = {}
@@ -312,6 +316,13 @@ class TrainedCombination(Method):
             overrides["mixture_weight"] = self.mixture_weight
         t1 = time.perf_counter()
         reweighter, info = train_reweighter(ctx, overrides, self.reweighter_overrides)
+        if self.alternatives:
+            trained = [(reweighter, info)] + [train_reweighter(ctx, overrides, {**self.reweighter_overrides, **alt})
+                                              for alt in self.alternatives]
+            index, mixes = choose_plugin([i["artifact"] for _, i in trained])
+            reweighter, info = trained[index]
+            info = {**info, "reweighter_choice": {"chosen": index, "held_out_mix": mixes,
+                                                  "candidates": [{}, *self.alternatives]}}
         seconds["train"] = time.perf_counter() - t1
         rule = trained_rule(info["artifact"], ctx.blackbox.tokenizer.eos_token_id)  # decode through the rule it was trained through
         info["rule"] = rule.signature()
@@ -378,14 +389,16 @@ METHOD_HELP = {p.pattern: h for p, _, h in _PATTERNS}
 
 def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE) -> Method:
     """A method from its name (``icl-3``, ``mixture-0.25``) or a dict ``{name, method, train,
-    reweighter, lora, generation, chat, icl, recipe}`` naming a variant of a base method with its
-    own settings (``chat: true``: prompts through the task template's chat twin). Plugin methods
+    reweighter, lora, generation, chat, icl, recipe, alternatives}`` naming a variant of a base method
+    with its own settings (``chat: true``: prompts through the task template's chat twin;
+    ``alternatives``: other reweighter settings trained beside a plugin, the best on held-out text kept). Plugin methods
     start from ``recipe`` (default: ``default_recipe``); the paper's baselines from the paper's."""
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"a method is a name or a mapping with 'name'; got {spec!r}")
-    unknown = set(spec) - {"name", "method", "train", "reweighter", "lora", "generation", "chat", "icl", "recipe"}
+    unknown = set(spec) - {"name", "method", "train", "reweighter", "lora", "generation", "chat", "icl", "recipe",
+                           "alternatives"}
     if unknown:
         raise ValueError(f"method {spec['name']!r}: unknown keys {sorted(unknown)}")
     base = str(spec.get("method", spec["name"]))
@@ -406,6 +419,17 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
                                  "and recipe-prompt")
             if takes_recipe:
                 kw["recipe"] = get_recipe(str(spec.get("recipe") or default_recipe))
+            if spec.get("alternatives"):
+                alternatives = spec["alternatives"]
+                if not (isinstance(probe, TrainedCombination) and probe.rule == "product"):
+                    raise ValueError(f"method {spec['name']!r}: 'alternatives' (other reweighters to choose from on "
+                                     "held-out text) applies to plugin methods")
+                if not isinstance(alternatives, list) or not all(isinstance(a, dict) for a in alternatives):
+                    raise ValueError(f"method {spec['name']!r}: 'alternatives' is a list of reweighter settings, "
+                                     f"e.g. [{{token_vectors_from: smollm2-135m}}]; got {alternatives!r}")
+                for alt in alternatives:
+                    _check_keys(spec["name"], "alternatives", alt, ReweighterConfig)
+                kw["alternatives"] = alternatives
             _check_keys(spec["name"], "generation", kw["generation"], GenerationConfig)
             _check_keys(spec["name"], "train", kw["train"], TrainConfig)
             _check_keys(spec["name"], "reweighter", kw["reweighter"], ReweighterConfig)
