@@ -7,7 +7,7 @@ reports the chosen candidate's test scores beside the default's.
 The pick is the library's (logitplug.selection.choose_plugin, what `train --try-token-vectors`
 does): each candidate's held-out metrics at the strength it decodes with, each divided by the best
 candidate's, averaged; the first candidate (the default) is kept unless another beats its mix by
-more than --margin (the strength choice's 2%).
+more than --margin on that mix (0.02, as the strength choice).
 
     python benchmarks/reweighter_choice.py benchmarks/scoreboard.yaml --candidates plugin,plugin-vectors
 """
@@ -76,7 +76,7 @@ def main() -> None:
     intro = ("# Choosing the reweighter on validation\n\n"
              f"Candidates {names} (the first is the default), per task and seed of `{args.config}`: the one "
              "whose held-out text (at the strength it chose) scores best on the mean of BLEU, METEOR, ROUGE-L "
-             f"and CIDEr relative to the best candidate, the default unless beaten by more than {args.margin:.0%}. "
+             f"and CIDEr relative to the best candidate, the default unless beaten by more than {args.margin:g} of that mix. "
              "Test scores as BLEU / METEOR / ROUGE-L / CIDEr (/ SER).")
     save(args.out, data, intro, "\n".join(lines))
 
