@@ -695,7 +695,7 @@ def train_and_choose(
     """Train one plugin per candidate reweighter, keep the one whose held-out text scores best.
 
     No reweighter wins every task: pretrained token vectors beat the default on CommonGen's new
-    concept sets and lose on E2E (BENCHMARKS.md); on the 9 task-seeds measured, held-out text never
+    concept sets and lose on E2E (BENCHMARKS.md); on the 10 task-seeds measured, held-out text never
     kept the clearly worse of the two. Each candidate trains into ``output_dir/candidates/NAME`` (resuming on
     its own; a finished one is reused; recorded black-box log-probs are shared through the cache);
     the chosen one is copied into ``output_dir`` itself, so ``generate --plugin output_dir`` works,
