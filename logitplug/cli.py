@@ -31,6 +31,11 @@ _BB_HELP = ("registered name, model folder or .gguf file; NAME@topK for top-K ac
             "OpenAI-compatible endpoint, URL@topK, chat+URL for a chat endpoint (with --endpoint-model and --tokenizer)")
 
 
+def _is_endpoint(name: str) -> bool:
+    """Whether a --blackbox value names an OpenAI-compatible endpoint (URL or chat+URL)."""
+    return name.removeprefix("chat+").startswith(("http://", "https://"))
+
+
 def _load_bb(name: str, endpoint_model: Optional[str] = None, tokenizer: Optional[str] = None):
     from .blackbox import load_blackbox, open_endpoint, split_topk
 
@@ -38,7 +43,7 @@ def _load_bb(name: str, endpoint_model: Optional[str] = None, tokenizer: Optiona
         api = "completions"
         if name.startswith("chat+"):
             api, name = "chat", name[len("chat+"):]
-        if name.startswith(("http://", "https://")):
+        if _is_endpoint(name):
             if not endpoint_model or not tokenizer:
                 _fail("an endpoint black box needs --endpoint-model (the served model's id) and --tokenizer "
                       "(a registered name or a folder with the served model's tokenizer)")
@@ -211,6 +216,7 @@ def train(
     source = None
     if try_token_vectors:  # checked before any training, so a bad combination costs nothing
         from .blackbox import REGISTRY, split_topk
+        from .blackbox.registry import names_a_model
 
         if rcfg.token_vectors_from or rcfg.init_from:
             _fail("--try-token-vectors compares the reweighter you configure with one on the black box's token vectors; "
@@ -218,9 +224,9 @@ def train(
         if tcfg.strength_by == "loss":
             _fail("--try-token-vectors compares held-out text: give --strength-by a text metric or a mix "
                   "(the default recipe's is BLEU+METEOR+ROUGE-L+CIDEr)")
-        endpoint = blackbox.startswith(("http://", "https://", "chat+"))
-        source = tokenizer if endpoint else split_topk(blackbox)[0]
-        if not source or not (source in REGISTRY or (Path(source) / "config.json").exists()):
+        endpoint = _is_endpoint(blackbox)
+        source = tokenizer if endpoint else split_topk(blackbox.removeprefix("chat+"))[0]
+        if not source or not names_a_model(source):
             _fail(f"--try-token-vectors needs the black box's pretrained token embeddings: {source!r} is neither a "
                   f"registered name ({', '.join(sorted(REGISTRY))}) nor a folder holding a model"
                   + (" (for an endpoint, --tokenizer must name one)" if endpoint else ""))

@@ -25,7 +25,7 @@ from .eval import evaluate, parse_mr, slot_error_rate
 from .recipes import DEFAULT_RECIPE, get_recipe
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
 from .selection import fix_demonstrations, held_out_scorers
-from .train import TrainConfig, train, trained_rule
+from .train import TrainConfig, plugin_finished, train, trained_rule
 
 
 def _sample_by_input(rows: Sequence[Example], n: int, seed: int) -> list[Example]:
@@ -71,7 +71,7 @@ def run_quickstart(
     plugin_dir = out / f"plugin-{chosen.name}-{made_with}"
     tcfg = TrainConfig(output_dir=str(plugin_dir), epochs=epochs, seed=seed, cache_dir=str(out / "logprob-cache"),
                        select_inputs=50, **chosen.train)
-    if (plugin_dir / "logitplug.json").exists() and not (plugin_dir / "checkpoint").exists():
+    if plugin_finished(plugin_dir):
         print(f"reusing the plugin already trained in {plugin_dir}")
     else:
         scorers = held_out_scorers(tcfg, bb, prompted, eval_set, gcfg)  # the recipe's strength choice, if any

@@ -21,7 +21,7 @@ from .data import Example, PromptTemplate, draw_demonstrations, encode_prompt, g
 from .data.augment import rename_held_out
 from .decode import Decoder, GenerationConfig
 from .eval import evaluate, metric_names
-from .reweighter import Reweighter
+from .reweighter import Reweighter, read_sidecar
 
 
 def text_metrics_scorer(
@@ -180,8 +180,6 @@ def choose_plugin(folders: Sequence[str | Path], margin: float = 0.02) -> tuple[
 
 def held_out_text_scores(folder: str | Path) -> dict[str, float]:
     """A plugin's held-out text metrics at the strength it decodes with (its strength choice's record)."""
-    from .reweighter import read_sidecar
-
     sidecar = read_sidecar(folder)
     chosen = sidecar.get("strength_selection")
     if not chosen or "scores" not in chosen:

@@ -356,6 +356,13 @@ def _evaluate(model, accelerator, source, rule, encoded, batch_size, objective="
     return float(sums[0] / sums[2]), float(sums[1] / sums[2]), per_token[:n], per_token[n:]
 
 
+def plugin_finished(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a finished plugin: its sidecar is written, and no checkpoint says a
+    run there was cut short (``train`` resumes such a folder)."""
+    folder = Path(folder)
+    return (folder / SIDECAR_NAME).exists() and not (folder / CHECKPOINT_DIR).exists()
+
+
 def train(
     blackbox: BlackBox,
     train_examples: Sequence[Example],
@@ -388,7 +395,7 @@ def train(
 
     out = Path(config.output_dir)
     ckpt = out / CHECKPOINT_DIR
-    if (out / "logitplug.json").exists() and not ckpt.exists():
+    if plugin_finished(out):
         raise FileExistsError(f"{out} already holds a trained plugin; choose another --output-dir or delete it")
     if not eval_examples:
         raise ValueError("early stopping needs held-out examples; got none")
@@ -714,7 +721,7 @@ def train_and_choose(
     results: dict[str, TrainResult] = {}
     for name, rcfg in candidates.items():
         folder = out / CANDIDATES_DIR / name
-        if (folder / "logitplug.json").exists() and not (folder / CHECKPOINT_DIR).exists():
+        if plugin_finished(folder):
             history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").exists() else []
             bb_loss = history[-1]["blackbox_eval_loss"] if history else math.nan
             results[name] = TrainResult(folder, float(read_sidecar(folder)["eval_loss"]), bb_loss, history)

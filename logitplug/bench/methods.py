@@ -29,7 +29,7 @@ from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import WEIGHTS_NAME, LogitDifference, Reweighter, ReweighterConfig, read_sidecar
 from ..selection import choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers
-from ..train import TrainConfig, choose_strength, train, trained_rule
+from ..train import TrainConfig, choose_strength, plugin_finished, train, trained_rule
 
 
 @dataclass
@@ -263,7 +263,7 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         after = {k: changed.pop(k) for k in after_only if k in changed}
         key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), changed, _changed(rcfg))
         trained = ctx.models_dir / f"reweighter-{key}"
-        if not (trained / "logitplug.json").exists() or (trained / "checkpoint").exists():
+        if not plugin_finished(trained):
             # the config's train.cache_dir lets runs share recorded log-probs; by default each run keeps its own
             tcfg = replace(probe, output_dir=str(trained), progress=ctx.progress, strength_by="loss",
                            cache_dir=probe.cache_dir or str(ctx.models_dir / "logprob-cache"))

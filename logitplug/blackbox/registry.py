@@ -132,12 +132,23 @@ def load_blackbox(name_or_path: str, device: torch.device | str | None = None) -
     return LocalBlackBox.from_pretrained(path, identity=path.resolve().name, device=device)
 
 
+def names_a_model(name_or_path: str) -> bool:
+    """Whether ``name_or_path`` is a registered black box or a folder holding a model's config
+    (a tokenizer-only folder is not)."""
+    return name_or_path in REGISTRY or (Path(name_or_path) / "config.json").exists()
+
+
+def model_folder(name_or_path: str) -> Path:
+    """The local folder of a registered black box (converted on first use), or the path given."""
+    return ensure_converted(name_or_path) if name_or_path in REGISTRY else Path(name_or_path)
+
+
 def load_tokenizer(name_or_path: str) -> Any:
     """The tokenizer of a registered black box or of a local model folder / tokenizer folder."""
     from transformers import AutoTokenizer
 
-    folder = ensure_converted(name_or_path) if name_or_path in REGISTRY else Path(name_or_path)
-    if not Path(folder).exists():
+    folder = model_folder(name_or_path)
+    if not folder.exists():
         raise FileNotFoundError(f"no tokenizer at {name_or_path!r}: give a registered name ({', '.join(sorted(REGISTRY))}) "
                                 "or a folder holding the served model's tokenizer files")
     return AutoTokenizer.from_pretrained(folder)
@@ -152,10 +163,9 @@ def open_endpoint(
     tok = load_tokenizer(tokenizer)
     cache = Path(cache_dir) if cache_dir else logitplug_home() / "responses"
     vocab = None
-    if tokenizer in REGISTRY or (Path(tokenizer) / "config.json").exists():
+    if names_a_model(tokenizer):
         from transformers import AutoConfig
 
-        folder = ensure_converted(tokenizer) if tokenizer in REGISTRY else Path(tokenizer)
-        vocab = getattr(AutoConfig.from_pretrained(folder), "vocab_size", None)
+        vocab = getattr(AutoConfig.from_pretrained(model_folder(tokenizer)), "vocab_size", None)
     return OpenAIBlackBox(base_url, model, tok, top_k=top_k, api_key=api_key, cache_dir=cache, vocab_size=vocab,
                           token_ids=token_ids, api=api)

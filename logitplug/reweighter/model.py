@@ -386,17 +386,15 @@ class TokenVectorHead(nn.Module):
 
 def pretrained_token_vectors(name_or_path: str) -> torch.Tensor:
     """The input-embedding table (V, D) of a pretrained causal LM: a registered black-box name or a folder."""
-    folder = Path(name_or_path)
-    if not (folder / "config.json").exists():
-        from ..blackbox.registry import REGISTRY, ensure_converted
+    from ..blackbox.registry import REGISTRY, model_folder, names_a_model
 
-        if name_or_path not in REGISTRY:
-            raise FileNotFoundError(
-                f"token_vectors_from: no model at {name_or_path!r}; give a registered black box name "
-                f"({', '.join(sorted(REGISTRY))}) or a folder holding a causal LM (config.json and weights) with the "
-                "black box's tokenizer"
-            )
-        folder = ensure_converted(name_or_path)
+    if not names_a_model(name_or_path):
+        raise FileNotFoundError(
+            f"token_vectors_from: no model at {name_or_path!r}; give a registered black box name "
+            f"({', '.join(sorted(REGISTRY))}) or a folder holding a causal LM (config.json and weights) with the "
+            "black box's tokenizer"
+        )
+    folder = model_folder(name_or_path)
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     except OSError as e:  # a tokenizer-only folder, or weights missing
