@@ -7,7 +7,7 @@ import logging
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -105,6 +105,8 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
     train = recipe.train_for(values.get("rule", "product"), values.get("select_by", "loss"))
     wanted = {"demonstrations": recipe.demonstrations, **train,
               **{_CLI_NAME.get(k, k): v for k, v in recipe.reweighter.items()}}
+    if recipe.try_token_vectors:
+        wanted["try_token_vectors"] = True
     out = dict(values)
     for option, value in wanted.items():
         if option not in out:
@@ -112,6 +114,25 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
         if not _given(ctx, option):
             out[option] = value
     return out
+
+
+def _recipe_tries_token_vectors(blackbox: str, tokenizer: str | None, tcfg: Any, rcfg: Any) -> bool:
+    """Whether a recipe's choice of token vectors applies to this command. Unlike the explicit
+    --try-token-vectors, the recipe's choice steps aside (saying why, where the user may not expect
+    it) when the user picked the reweighter's vectors, a strength by loss, or an endpoint whose
+    --tokenizer names no model with weights."""
+    from .blackbox import split_topk
+    from .blackbox.registry import names_a_model
+
+    if rcfg.token_vectors_from or rcfg.init_from or tcfg.strength_by == "loss":
+        return False
+    source = tokenizer if _is_endpoint(blackbox) else split_topk(blackbox.removeprefix("chat+"))[0]
+    if not source or not names_a_model(source):
+        typer.echo(f"training the configured reweighter only: the recipe would also try one on the black box's "
+                   f"pretrained token vectors, but {source!r} names no model with weights (give --tokenizer a "
+                   "registered name or a model folder to try them; --no-try-token-vectors silences this)")
+        return False
+    return True
 
 
 @app.command()
@@ -169,7 +190,8 @@ def train(
     init_from: Optional[str] = typer.Option(None, help=_help(_R, "init_from")),
     token_vectors_from: Optional[str] = typer.Option(None, help=_help(_R, "token_vectors_from")),
     try_token_vectors: bool = typer.Option(
-        False, help="also train a plugin whose token vectors are the black box's own pretrained embeddings (frozen; "
+        False, "--try-token-vectors/--no-try-token-vectors",
+        help="also train a plugin whose token vectors are the black box's own pretrained embeddings (frozen; "
                     "an endpoint's --tokenizer must then name a model with weights) and keep whichever writes the better "
                     "held-out text (needs --strength-by a text metric, as the default recipe has). Costs a second "
                     "training; with it CommonGen beats its prompt on every seed and WebNLG leads ICL-3 on all four means "
@@ -214,6 +236,9 @@ def train(
     except ValueError as e:
         _fail(str(e))
     source = None
+    try_token_vectors = o["try_token_vectors"]
+    if try_token_vectors and not _given(ctx, "try_token_vectors"):
+        try_token_vectors = _recipe_tries_token_vectors(blackbox, tokenizer, tcfg, rcfg)
     if try_token_vectors:  # checked before any training, so a bad combination costs nothing
         from .blackbox import REGISTRY, split_topk
         from .blackbox.registry import names_a_model

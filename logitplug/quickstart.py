@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +26,7 @@ from .eval import evaluate, parse_mr, slot_error_rate
 from .recipes import DEFAULT_RECIPE, get_recipe
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
 from .selection import fix_demonstrations, held_out_scorers
-from .train import TrainConfig, plugin_finished, train, trained_rule
+from .train import CHOICE_NAME, TrainConfig, plugin_finished, train, train_and_choose, trained_rule
 
 
 def _sample_by_input(rows: Sequence[Example], n: int, seed: int) -> list[Example]:
@@ -75,7 +76,14 @@ def run_quickstart(
         print(f"reusing the plugin already trained in {plugin_dir}")
     else:
         scorers = held_out_scorers(tcfg, bb, prompted, eval_set, gcfg)  # the recipe's strength choice, if any
-        result = train(bb, train_set, eval_set, prompted, tcfg, ReweighterConfig(**chosen.reweighter), **scorers)
+        rcfg = ReweighterConfig(**chosen.reweighter)
+        if chosen.try_token_vectors:  # a second plugin on the black box's own token vectors; the better text is kept
+            candidates = {"default": rcfg, "token-vectors": replace(rcfg, token_vectors_from=blackbox_name)}
+            result, choice = train_and_choose(bb, train_set, eval_set, prompted, tcfg, candidates, **scorers)
+            print(f"kept the {choice['chosen']} reweighter (held-out text mix: "
+                  + ", ".join(f"{n} {m:.3f}" for n, m in choice["held_out_mix"].items()) + ")")
+        else:
+            result = train(bb, train_set, eval_set, prompted, tcfg, rcfg, **scorers)
         print(f"held-out loss per token: plugin {result.best_loss:.3f}, black box alone {result.blackbox_loss:.3f}")
     t_trained = time.perf_counter()
     plugin = Reweighter.from_pretrained(plugin_dir, bb.fingerprint)
@@ -116,6 +124,7 @@ def run_quickstart(
     report = {
         "blackbox": bb.fingerprint, "recipe": {"name": chosen.name, **chosen.settings()}, "demonstrations": demo_info, "train_rows": len(train_set), "eval_rows": len(eval_set), "strength": strength,
         "test_inputs": len(test_set), "seed": seed, "scores": scores, "plugin_dir": str(plugin_dir),
+        "reweighter_choice": json.loads((plugin_dir / CHOICE_NAME).read_text()) if (plugin_dir / CHOICE_NAME).exists() else None,
         "train_seconds": t_trained - t_start, "total_seconds": time.perf_counter() - t_start,
         "generations": [{"input": ex.input, **{k: v[i] for k, v in outputs.items()}} for i, ex in enumerate(test_set)],
     }

@@ -21,6 +21,10 @@ class Recipe:
     demonstrations: int | tuple[int, ...] = 0
     train: Mapping[str, Any] = field(default_factory=dict)  # TrainConfig fields
     reweighter: Mapping[str, Any] = field(default_factory=dict)  # ReweighterConfig fields
+    # also train a plugin on the black box's own pretrained token vectors (frozen) and keep the one
+    # whose held-out text is better (train.train_and_choose); needs the black box's weights or an
+    # open model with its tokenizer, and a strength choice by text (strength_by)
+    try_token_vectors: bool = False
 
     def train_for(self, rule: str = "product", select_by: str = "loss") -> dict[str, Any]:
         """The recipe's training settings that apply under ``rule`` and ``select_by``: product-rule
@@ -38,7 +42,10 @@ class Recipe:
     def settings(self) -> dict[str, Any]:
         """What the recipe changes, for cache keys and reports."""
         demos = list(self.demonstrations) if isinstance(self.demonstrations, tuple) else self.demonstrations
-        return {"demonstrations": demos, "train": dict(self.train), "reweighter": dict(self.reweighter)}
+        out = {"demonstrations": demos, "train": dict(self.train), "reweighter": dict(self.reweighter)}
+        if self.try_token_vectors:  # only when set, so recipes without it keep their cache keys
+            out["try_token_vectors"] = True
+        return out
 
 
 RECIPES: dict[str, Recipe] = {

@@ -451,3 +451,34 @@ def test_the_table_marks_cells_made_with_other_settings(tiny_dir, tmp_path):
     raw["generation"] = {"max_new_tokens": 5, "batch_size": 4}  # the finished cell no longer matches
     table = run_bench(parse_config(raw), progress=False, only_report=True)
     assert "| zero-shot (stale: 1 of 1 made with other settings) |" in table.read_text()
+
+
+def test_a_recipe_that_tries_token_vectors_makes_its_plugin_cells_choose(tiny_dir, tmp_path, monkeypatch):
+    from logitplug.bench.runner import settings_key
+    from logitplug.recipes import RECIPES, Recipe
+
+    by_text = {"alpha_grid": [1.0], "strength_by": "BLEU+ROUGE-L", "strength_candidates": [0.0, 1.0], "select_inputs": 2}
+    monkeypatch.setitem(RECIPES, "tries", Recipe("tries", "test", train=by_text, try_token_vectors=True))
+    plugin = make_method({"name": "p", "method": "plugin", "recipe": "tries"})
+    assert plugin.tries_token_vectors and plugin.recipe_settings()["try_token_vectors"] is True
+    # a variant that picks its vectors, turns the choice off, or selects by loss does not choose (nor go stale)
+    for spec in ({"reweighter": {"token_vectors_from": str(tiny_dir)}}, {"alternatives": []},
+                 {"train": {"strength_by": "loss"}}):
+        variant = make_method({"name": "v", "method": "plugin", "recipe": "tries", **spec})
+        assert not variant.tries_token_vectors and "try_token_vectors" not in variant.recipe_settings()
+    assert "try_token_vectors" not in RECIPES["paper"].settings()  # recipes without it keep their keys
+
+    vectors = {"name": "v", "method": "plugin", "recipe": "tries", "reweighter": {"token_vectors_from": str(tiny_dir)}}
+    raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[vectors],
+               data={"train_rows": 12, "validation_inputs": 2, "test_inputs": 3})
+    run_bench(parse_config(raw), progress=False)
+    raw["methods"] = [vectors, {"name": "p", "method": "plugin", "recipe": "tries"}]
+    cfg = parse_config(raw)
+    run_bench(cfg, progress=False)
+    cells = {m: json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / m / "seed0.json").read_text())
+             for m in ("v", "p")}
+    choice = cells["p"]["info"]["reweighter_choice"]
+    assert choice["candidates"] == [{}, {"token_vectors_from": str(tiny_dir)}]  # the black box's own vectors
+    if choice["chosen"] == 1:  # the vectors plugin is the variant's, trained once
+        assert cells["p"]["info"]["artifact"] == cells["v"]["info"]["artifact"]
+    assert cells["p"]["settings_key"] == settings_key(cfg, cfg.methods[1], "commongen")

@@ -253,3 +253,30 @@ def test_try_token_vectors_trains_both_and_keeps_the_better_held_out_text(tmp_pa
     res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "p3"), "--try-token-vectors",
                                      "--token-vectors-from", str(bb_dir)])
     assert res.exit_code == 2 and "drop --token-vectors-from" in res.output
+
+
+def test_a_recipe_that_tries_token_vectors_chooses_unless_told_not_to_or_it_cannot(tmp_path, bb_dir, data, monkeypatch):
+    from logitplug.cli import _recipe_tries_token_vectors
+    from logitplug.recipes import RECIPES, Recipe
+    from logitplug.reweighter import ReweighterConfig
+    from logitplug.train import TrainConfig
+
+    by_text = {"strength_by": "BLEU+ROUGE-L", "strength_candidates": (0.0, 1.0), "select_inputs": 2}
+    monkeypatch.setitem(RECIPES, "tries", Recipe("tries", "test", train=by_text, try_token_vectors=True))
+    args = ["train", "--train-file", str(data), "--blackbox", str(bb_dir), "--input-column", "mr",
+            "--target-column", "ref", "--epochs", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
+            "--cache-dir", str(tmp_path / "cache"), "--recipe", "tries"]
+    res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "chosen")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "chosen" / "choice.json").read_text())["chosen"] in ("default", "token-vectors")
+    res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "single"), "--no-try-token-vectors"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "single" / "logitplug.json").exists() and not (tmp_path / "single" / "candidates").exists()
+    # an endpoint whose tokenizer folder holds no weights: the recipe's choice steps aside and says so
+    tok_only = tmp_path / "tok"
+    from transformers import AutoTokenizer
+    AutoTokenizer.from_pretrained(str(bb_dir)).save_pretrained(tok_only)
+    tcfg, rcfg = TrainConfig(output_dir="x", strength_by="BLEU", strength_candidates=(0.0, 1.0)), ReweighterConfig()
+    assert _recipe_tries_token_vectors(str(bb_dir), None, tcfg, rcfg)
+    assert not _recipe_tries_token_vectors("http://127.0.0.1:9/v1", str(tok_only), tcfg, rcfg)
+    assert not _recipe_tries_token_vectors(str(bb_dir), None, TrainConfig(output_dir="x"), rcfg)  # by loss

@@ -57,6 +57,9 @@ class CellContext:
     # of the validation split, so TrainConfig.select_inputs can ask for more inputs than the loss
     # uses (default: validation)
     choice_pool: list[Example] | None = None
+    # the config's name (or folder) for the black box: where a recipe that tries the black box's own
+    # token vectors (Recipe.try_token_vectors) reads them
+    blackbox_name: str = ""
 
 
 @dataclass
@@ -303,6 +306,19 @@ class TrainedCombination(Method):
         # other reweighters (reweighter settings over the method's) trained beside it; the one whose
         # held-out text scores best decodes test (selection.choose_plugin, as `train --try-token-vectors`)
         self.alternatives = [dict(a) for a in alternatives or []]
+        # without alternatives of its own (an empty list turns it off), a plugin whose recipe tries the
+        # black box's token vectors does, unless the variant picks its reweighter's vectors itself or
+        # chooses its strength by loss (then there is no held-out text to compare)
+        self.tries_token_vectors = bool(
+            alternatives is None and rule == "product" and self.recipe is not None and self.recipe.try_token_vectors
+            and not {"token_vectors_from", "init_from"} & {k for k, v in self.reweighter_overrides.items() if v}
+            and self.train_overrides.get("strength_by", "loss") != "loss")
+
+    def recipe_settings(self) -> dict[str, Any] | None:
+        settings = super().recipe_settings()
+        if settings is not None and not self.tries_token_vectors:  # the recipe's choice does not apply here
+            settings.pop("try_token_vectors", None)
+        return settings
 
     def run(self, ctx: CellContext) -> MethodOutput:
         demo_info: dict[str, Any] = {}
@@ -316,13 +332,19 @@ class TrainedCombination(Method):
             overrides["mixture_weight"] = self.mixture_weight
         t1 = time.perf_counter()
         reweighter, info = train_reweighter(ctx, overrides, self.reweighter_overrides)
-        if self.alternatives:
+        alternatives = self.alternatives
+        if self.tries_token_vectors:
+            if not ctx.blackbox_name:
+                raise ValueError(f"method {self.name!r}: its recipe tries the black box's token vectors, "
+                                 "but the cell does not name the black box (CellContext.blackbox_name)")
+            alternatives = [{"token_vectors_from": ctx.blackbox_name}]
+        if alternatives:
             trained = [(reweighter, info)] + [train_reweighter(ctx, overrides, {**self.reweighter_overrides, **alt})
-                                              for alt in self.alternatives]
+                                              for alt in alternatives]
             index, mixes = choose_plugin([i["artifact"] for _, i in trained])
             reweighter, info = trained[index]
             info = {**info, "reweighter_choice": {"chosen": index, "held_out_mix": mixes,
-                                                  "candidates": [{}, *self.alternatives]}}
+                                                  "candidates": [{}, *alternatives]}}
         seconds["train"] = time.perf_counter() - t1
         rule = trained_rule(info["artifact"], ctx.blackbox.tokenizer.eos_token_id)  # decode through the rule it was trained through
         info["rule"] = rule.signature()
@@ -419,7 +441,7 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
                                  "and recipe-prompt")
             if takes_recipe:
                 kw["recipe"] = get_recipe(str(spec.get("recipe") or default_recipe))
-            if spec.get("alternatives"):
+            if spec.get("alternatives") is not None:  # [] turns off a recipe's own choice
                 alternatives = spec["alternatives"]
                 if not (isinstance(probe, TrainedCombination) and probe.rule == "product"):
                     raise ValueError(f"method {spec['name']!r}: 'alternatives' (other reweighters to choose from on "

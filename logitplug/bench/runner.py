@@ -400,7 +400,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             seed=cfg.seeds[0] if seed is None else seed, generation=GenerationConfig(**cfg.generation_for(task)),
             models_dir=cfg.output_dir / "models" / task / blackbox_label(bb_name), train_overrides=cfg.train,
             reweighter_overrides=cfg.reweighter, lora_overrides=cfg.lora, grid=cfg.grid, progress=progress,
-            demo_pool=demo_pool(cfg, task, task_data), choice_pool=data.choice_pool,
+            demo_pool=demo_pool(cfg, task, task_data), choice_pool=data.choice_pool, blackbox_name=bb_name,
         )
         t0 = time.perf_counter()
         result = method.run(ctx)
