@@ -77,16 +77,21 @@ def train_speed(bb, rows, eval_rows, repeats: int) -> dict:
     count = min(recipe.demonstrations) if isinstance(recipe.demonstrations, tuple) else recipe.demonstrations
     demos, rows = draw_demonstrations(rows, count, 0)
     template = TEMPLATES["e2e"].with_demonstrations(demos)
-    settings = {**recipe.train, "epochs": 1, "progress": False, "checkpoint_every": 0}
-    times = {"on_the_fly": [], "cached": []}
+    # the strength choice by held-out text decodes after training: not part of an epoch's cost
+    text_choice = ("strength_by", "strength_candidates", "strength_margin", "select_renamed")
+    settings = {**{k: v for k, v in recipe.train.items() if k not in text_choice}, "epochs": 1, "progress": False,
+                "checkpoint_every": 0}
+    # cached: the default (the loss over the support's head rows); cached_dense: the same loss over
+    # the whole vocabulary (TrainConfig.sparse_support=False), the path before session 15
+    times = {"on_the_fly": [], "cached": [], "cached_dense": []}
     with tempfile.TemporaryDirectory() as tmp:
         warm = TrainConfig(output_dir=f"{tmp}/warm", cache_dir=f"{tmp}/cache", **settings)
         train(bb, rows, eval_rows, template, warm)  # fills the cache
         tokens = sum(len(e.input_ids) for e in encode_all(bb.tokenizer, template, rows, warm.max_length))
         for r in range(repeats):
-            for mode in ("on_the_fly", "cached"):
-                cfg = TrainConfig(output_dir=f"{tmp}/{mode}{r}", cache_dir=f"{tmp}/cache", cache=mode == "cached",
-                                  **settings)
+            for mode in times:
+                cfg = TrainConfig(output_dir=f"{tmp}/{mode}{r}", cache_dir=f"{tmp}/cache", cache=mode != "on_the_fly",
+                                  sparse_support=mode != "cached_dense", **settings)
                 res = train(bb, rows, eval_rows, template, cfg)
                 times[mode].append(res.history[0]["epoch_seconds"])
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -95,6 +100,8 @@ def train_speed(bb, rows, eval_rows, repeats: int) -> dict:
         "on_the_fly_epoch_s": med["on_the_fly"], "cached_epoch_s": med["cached"],
         "on_the_fly_tok_s": tokens / med["on_the_fly"], "cached_tok_s": tokens / med["cached"],
         "cached_speedup": med["on_the_fly"] / med["cached"],
+        "cached_dense_epoch_s": med["cached_dense"], "cached_dense_tok_s": tokens / med["cached_dense"],
+        "support_rows_speedup": med["cached_dense"] / med["cached"],
         "cached_epoch_fraction": med["cached"] / med["on_the_fly"],
     }
 
@@ -203,6 +210,7 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, default=64)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--decode-only", action="store_true", help="only the decoding comparison (a few minutes)")
+    ap.add_argument("--train-only", action="store_true", help="only the training-epoch comparison")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -217,16 +225,21 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__, "logitplug": __version__, "blackbox": bb.fingerprint,
         "plugin": args.plugin or "untrained, default shape (1 layer, hidden 256)",
-        "decode": [decode_speed(bb, plugin, prompts[: (8 if bs == 1 else len(prompts))], bs, args.repeats, args.max_new_tokens)
-                   for bs in (1, 8)],
     }
-    if not args.decode_only:
+    if not args.train_only:
+        report["decode"] = [decode_speed(bb, plugin, prompts[: (8 if bs == 1 else len(prompts))], bs, args.repeats,
+                                         args.max_new_tokens) for bs in (1, 8)]
+    if args.train_only:
+        report["train"] = train_speed(bb, rows, eval_rows, args.repeats)
+    elif not args.decode_only:
         report["train"] = train_speed(bb, rows, eval_rows, args.repeats)
         report["shared_prefix"] = [shared_prefix_speed(bb, splits["train"], splits["test"], k, args.repeats,
                                                        args.max_new_tokens) for k in (1, 3)]
         report["cache_loss_gap"] = [cache_loss_gap(bb, plugin, splits["validation"][:48], k) for k in (16, 64, 256)]
-    name = "speed-decode" if args.decode_only else "speed"
-    if not args.skip_memory and not args.decode_only:
+    name = "speed-decode" if args.decode_only else "speed-train" if args.train_only else "speed"
+    if args.blackbox != "smollm2-135m":
+        name += "-" + Path(args.blackbox).name
+    if not args.skip_memory and not args.decode_only and not args.train_only:
         report.update(peak_memory({"blackbox": args.blackbox, "plugin": args.plugin, "prompts": prompts[:8],
                                    "rows": rows[:32], "eval_rows": eval_rows[:8]}))
     RESULTS.mkdir(exist_ok=True)
@@ -239,7 +252,7 @@ def to_markdown(r: dict) -> str:
     lines = [f"Command: `{r['command']}`  ", f"Black box `{r['blackbox']}`, plugin: {r['plugin']}; {r['machine']}.", "",
              "| decoding | black box tok/s | + plugin tok/s | plugin overhead | + plugin over top-20 support tok/s | its overhead |",
              "|---|---|---|---|---|---|"]
-    for d in r["decode"]:
+    for d in r.get("decode", []):
         lines.append(f"| batch {d['batch_size']} ({d['prompts']} prompts, median of {d['repeats']}) | "
                      f"{d['blackbox_tok_s']:.1f} | {d['plugin_tok_s']:.1f} | {d['plugin_overhead_pct']:+.1f}% | "
                      f"{d['plugin_top20_tok_s']:.1f} | {d['plugin_top20_overhead_pct']:+.1f}% |")
@@ -251,6 +264,15 @@ def to_markdown(r: dict) -> str:
               f"| from the cache | {t['cached_epoch_s']:.1f} | {t['cached_tok_s']:.0f} |",
               f"| **cached speed-up** | **{t['cached_speedup']:.1f}x** | ({t['rows']} rows, median of {t['repeats']}; "
               f"recipe {t.get('recipe', 'paper')}: a cached epoch costs {100 / t['cached_speedup']:.0f}% of one on the fly) |",
+              ]
+    if "cached_dense_epoch_s" in t:
+        lines += [f"| from the cache, loss over the whole vocabulary (before session 15) | {t['cached_dense_epoch_s']:.1f} | "
+                  f"{t['cached_dense_tok_s']:.0f} |",
+                  f"| **support head rows vs whole vocabulary** | **{t['support_rows_speedup']:.1f}x** | (same loss; "
+                  "tests/test_train.py) |"]
+    if "shared_prefix" not in r:
+        return "\n".join(lines) + "\n"
+    lines += [
               "", "| prompts with fixed demonstrations | tokens/prompt | prefix once per row, s | once per batch, s | speed-up |",
               "|---|---|---|---|---|"]
     for p in r.get("shared_prefix", []):

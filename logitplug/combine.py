@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -122,6 +123,74 @@ class SupportProductRule(CombinationRule):
     def signature(self) -> str:
         extra = "" if self.always is None else f"|always:{self.always}"
         return f"rule:product-topk|k:{self.k}|alpha:{self.alpha:g}{extra}"
+
+    def restrict(self, ids: torch.Tensor, logprobs: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> "Support":
+        """Each position's support from a cached top-m (``ids``, ``logprobs``: (N, m), every id
+        distinct, the target among them: ``cache.LogProbCache`` entries), as ``densify_topk`` would
+        densify it. Training then needs the reweighter's logits on the k + 1 support tokens only,
+        instead of all V (``Support.nll_and_hits``): the same loss, without the (N, V) tensors.
+        Raises ValueError when the cache holds too few tokens for the support (k >= m)."""
+        lp, ids = logprobs.float(), ids.long()
+        m = ids.shape[-1]
+        # the cache's last slot may hold a target below the uncached rest: the support must not reach it
+        if m >= vocab_size or self.k + (self.always is not None) > m - 1:
+            raise ValueError(f"a support of {self.k} tokens needs more than {self.k + 1 + (self.always is not None)} "
+                             f"cached tokens per position, got {m}")
+        rest = log1mexp(torch.logsumexp(lp, -1)) - math.log(vocab_size - m)  # each uncached token (densify_topk)
+        scores, is_always = lp, None
+        if self.always is not None:
+            is_always = ids == self.always
+            scores = lp.masked_fill(is_always, -math.inf)
+        top_values, top_slots = scores.topk(self.k, dim=-1)  # cached values outrank the uncached rest
+        support_ids, support_bb = ids.gather(-1, top_slots), top_values
+        chosen = torch.zeros_like(ids, dtype=torch.bool).scatter(-1, top_slots, True)
+        if is_always is not None:
+            always_bb = torch.where(is_always.any(-1), lp.masked_fill(~is_always, -math.inf).amax(-1), rest)
+            support_ids = torch.cat([support_ids, torch.full_like(support_ids[:, :1], self.always)], -1)
+            support_bb = torch.cat([support_bb, always_bb[:, None]], -1)
+            chosen = chosen | is_always
+        best_out, best_slot = lp.masked_fill(chosen, -math.inf).max(-1)
+        best_out_id = ids.gather(-1, best_slot[:, None]).squeeze(-1)
+        uncached_best = rest > best_out  # only when every cached token is in the support
+        at_target = ids == targets[:, None]
+        target_bb = torch.where(at_target.any(-1), lp.masked_fill(~at_target, -math.inf).amax(-1), rest)
+        in_support = support_ids == targets[:, None]
+        return Support(
+            ids=support_ids, bb=support_bb, outside=log1mexp(torch.logsumexp(support_bb, -1)),
+            best_outside=torch.where(uncached_best, rest, best_out),
+            best_outside_id=torch.where(uncached_best, torch.full_like(best_out_id, -1), best_out_id),
+            target_bb=target_bb, target_slot=torch.where(in_support.any(-1), in_support.long().argmax(-1), -1),
+            targets=targets.long(),
+        )
+
+
+@dataclass
+class Support:
+    """Per-position support of ``SupportProductRule`` (see ``restrict``): the support's ids and
+    black-box log-probs (N, s), the log of the black box's mass outside it, the best token outside
+    it (value and id; -1 for an uncached one), and the target's log-prob and slot (-1: outside)."""
+
+    ids: torch.Tensor
+    bb: torch.Tensor
+    outside: torch.Tensor
+    best_outside: torch.Tensor
+    best_outside_id: torch.Tensor
+    target_bb: torch.Tensor
+    target_slot: torch.Tensor
+    targets: torch.Tensor
+
+    def nll_and_hits(self, rw: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed NLL of the targets under the product rule at ``alpha`` given the reweighter's
+        logits on the support (N, s), and how many positions' likeliest token is the target: equal
+        to the dense rule over the densified cache (tests/test_combine.py)."""
+        z = self.bb + alpha * rw.float()
+        log_norm = torch.logaddexp(torch.logsumexp(z, -1), self.outside)
+        inside = self.target_slot >= 0
+        target_rw = rw.float().gather(-1, self.target_slot.clamp(min=0)[:, None]).squeeze(-1)
+        target = self.target_bb + torch.where(inside, alpha * target_rw, torch.zeros_like(target_rw))
+        best_in, slot = z.max(-1)
+        pred = torch.where(best_in >= self.best_outside, self.ids.gather(-1, slot[:, None]).squeeze(-1), self.best_outside_id)
+        return -(target - log_norm).sum(), (pred == self.targets).sum()
 
 
 class BlackBoxOnly(CombinationRule):

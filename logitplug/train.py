@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .blackbox import BlackBox, logitplug_home
 from .cache import LogProbCache
-from .combine import get_rule
+from .combine import SupportProductRule, get_rule
 from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, targets_of
 from .data.augment import augment_copied_names
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
@@ -124,6 +124,11 @@ class TrainConfig:
     cache: bool = field(default=True, metadata={"help": "record black-box log-probs once and replay them"})
     cache_dir: str | None = field(default=None, metadata={"help": "log-prob cache folder (default: under LOGITPLUG_HOME)"})
     cache_top_k: int = field(default=256, metadata={"help": "log-probs kept per position in the cache"})
+    sparse_support: bool = field(
+        default=True,
+        metadata={"help": "with support_k and the cache: compute the loss from the reweighter's head rows of the support "
+                          "tokens only, the same loss as over the whole vocabulary without its (tokens x V) tensors "
+                          "(False: over the whole vocabulary, for comparison)"})
     select_by: str = field(
         default="loss",
         metadata={"help": "what picks the best epoch and drives early stopping: 'loss' (held-out NLL, the paper's) or a "
@@ -284,6 +289,46 @@ class _LogProbSource:
                 entries[i] = entry
         return self.cache.dense(entries, device)
 
+    def cached(self, examples: Sequence[EncodedExample], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cache's top-m ids and log-probs (N, m) at a batch's target positions, in order."""
+        assert self.cache is not None
+        entries = [self.cache.get(e) for e in examples]
+        todo = [i for i, entry in enumerate(entries) if entry is None]
+        if todo:
+            for i, entry in zip(todo, self._fill([examples[i] for i in todo])):
+                entries[i] = entry
+        return (torch.cat([e["ids"] for e in entries]).to(device), torch.cat([e["logprobs"] for e in entries]).to(device))
+
+
+class _Losses:
+    """One batch's black-box side and the reweighter's combined NLL on it: over the whole
+    vocabulary, or (``sparse``: the support rule from the cache) over the support's head rows only."""
+
+    def __init__(self, source: _LogProbSource, rule: Any, vocab_size: int, sparse: bool, objective: str):
+        self.source, self.rule, self.vocab_size, self.sparse, self.objective = source, rule, vocab_size, sparse, objective
+
+    def prepare(self, exs: Sequence[EncodedExample], device: torch.device | str) -> tuple[dict[str, torch.Tensor], Any]:
+        batch = collate(exs, pad_id=0)
+        if self.sparse:
+            ids, lp = self.source.cached(exs, device)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            return batch, self.rule.restrict(ids, lp, targets_of(batch), self.vocab_size)
+        bb = self.source(exs, batch).to(device)
+        return {k: v.to(device) for k, v in batch.items()}, bb
+
+    def reweighter(self, model: Any, batch: dict[str, torch.Tensor], bb: Any) -> torch.Tensor:
+        if self.sparse:
+            return model(batch["input_ids"], batch["attention_mask"], batch["target_mask"], rows=bb.ids)
+        return model(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
+
+    def nll_and_hits(self, rule: Any, bb: Any, rw: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sparse:
+            return bb.nll_and_hits(rw, rule.alpha)
+        return _nll_and_hits(rule, bb, rw, targets, self.objective)
+
+    def blackbox_nll(self, bb: Any, targets: torch.Tensor) -> torch.Tensor:
+        return -(bb.target_bb if self.sparse else bb.gather(-1, targets[:, None])).sum()
+
 
 def _shard_order(n: int, epoch: int, seed: int, rank: int, world: int, batch_size: int) -> list[list[int]]:
     """This process's batches for an epoch: a seeded permutation, split across processes, padded
@@ -307,14 +352,10 @@ def _at_strength(rule, alpha: float):
     return scaled
 
 
-def _nll(rule, bb: torch.Tensor, rw: torch.Tensor | None, targets: torch.Tensor, objective: str = "mle") -> torch.Tensor:
-    """Summed loss over the N positions: negative log-likelihood of ``targets`` (N,) under the
-    combined distribution, or (distill) cross-entropy from the black box's distribution."""
-    return _nll_and_hits(rule, bb, rw, targets, objective)[0]
-
-
 def _nll_and_hits(rule, bb, rw, targets, objective="mle") -> tuple[torch.Tensor, torch.Tensor]:
-    """``_nll`` and how many positions' likeliest combined token is the target: what greedy
+    """Summed loss over the N positions: negative log-likelihood of ``targets`` (N,) under the
+    combined distribution, or (distill) cross-entropy from the black box's distribution; and how
+    many positions' likeliest combined token is the target: what greedy
     decoding would pick, teacher-forced (held-out loss can prefer a flatter rule than argmax does)."""
     combined = rule(bb, rw)
     hits = (combined.argmax(-1) == targets).sum()
@@ -323,7 +364,7 @@ def _nll_and_hits(rule, bb, rw, targets, objective="mle") -> tuple[torch.Tensor,
     return -combined.gather(-1, targets[:, None]).sum(), hits
 
 
-def _evaluate(model, accelerator, source, rule, encoded, batch_size, objective="mle",
+def _evaluate(model, accelerator, losses: _Losses, rule, encoded, batch_size,
               alphas: Sequence[float] = ()) -> tuple[float, float, list[float], list[float]]:
     """Held-out mean NLL per target token: (combined, black box alone, combined at each of
     ``alphas``: the same weights with the rule's strength set to each, and the teacher-forced
@@ -337,15 +378,13 @@ def _evaluate(model, accelerator, source, rule, encoded, batch_size, objective="
     with torch.no_grad():
         for i in range(0, len(mine), batch_size):
             exs = [encoded[j] for j in mine[i : i + batch_size]]
-            batch = collate(exs, pad_id=0)
-            bb = source(exs, batch).to(accelerator.device)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            batch, bb = losses.prepare(exs, accelerator.device)
             targets = targets_of(batch)
-            rw = model(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
-            per_alpha = [_nll_and_hits(r, bb, rw, targets, objective) for r in scaled]
+            rw = losses.reweighter(model, batch, bb)
+            per_alpha = [losses.nll_and_hits(r, bb, rw, targets) for r in scaled]
             own = [nll for r, (nll, _) in zip(scaled, per_alpha) if r.alpha == getattr(rule, "alpha", None)]
-            sums[0] += (own[0] if own else _nll(rule, bb, rw, targets, objective)).double().cpu()
-            sums[1] += -bb.gather(-1, targets[:, None]).sum().double().cpu()
+            sums[0] += (own[0] if own else losses.nll_and_hits(rule, bb, rw, targets)[0]).double().cpu()
+            sums[1] += losses.blackbox_nll(bb, targets).double().cpu()
             sums[2] += targets.numel()
             for j, (nll, hits) in enumerate(per_alpha):
                 sums[3 + j] += nll.double().cpu()
@@ -440,6 +479,10 @@ def train(
         cache = LogProbCache(cache_dir, blackbox.fingerprint, blackbox.vocab_size, config.cache_top_k)
     source = _LogProbSource(blackbox, cache)
     rule = config.combination(tokenizer.eos_token_id)
+    sparse = bool(config.sparse_support and cache is not None and isinstance(rule, SupportProductRule)
+                  and config.objective == "mle" and accelerator.unwrap_model(model).supports_sparse
+                  and rule.k + (rule.always is not None) <= cache.top_k < blackbox.vocab_size - 1)
+    losses = _Losses(source, rule, blackbox.vocab_size, sparse, config.objective)
 
     try:
         source.record(train_enc + eval_enc, config.batch_size, accelerator.process_index, accelerator.num_processes,
@@ -481,8 +524,8 @@ def train(
     def consider(epoch: float, train_loss: float | None, t0: float) -> None:
         """Evaluate the current weights after ``epoch`` (0: before training; fractional within an
         epoch) and keep them if best."""
-        eval_loss, bb_loss, scaled, accuracy = _evaluate(model, accelerator, source, rule, eval_enc, config.batch_size,
-                                                         config.objective, config.alpha_grid)
+        eval_loss, bb_loss, scaled, accuracy = _evaluate(model, accelerator, losses, rule, eval_enc, config.batch_size,
+                                                         config.alpha_grid)
         record = {"epoch": epoch, "step": state.global_step, "eval_loss": eval_loss,
                   "blackbox_eval_loss": bb_loss, "train_loss": train_loss if train_loss is not None else math.nan,
                   "epoch_seconds": time.perf_counter() - t0}
@@ -539,12 +582,10 @@ def train(
                 stopped = state.bad_epochs >= config.patience
             for idx in batches[state.step_in_epoch :] if not stopped else []:
                 exs = [train_enc[i] for i in idx]
-                batch = collate(exs, pad_id=0)
-                bb = source(exs, batch).to(accelerator.device)
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                batch, bb = losses.prepare(exs, accelerator.device)
                 targets = targets_of(batch)
-                rw = model(batch["input_ids"], batch["attention_mask"], batch["target_mask"])
-                loss = _nll(rule, bb, rw, targets, config.objective) / targets.numel()
+                rw = losses.reweighter(model, batch, bb)
+                loss = losses.nll_and_hits(rule, bb, rw, targets)[0] / targets.numel()
                 accelerator.backward(loss)
                 if config.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)

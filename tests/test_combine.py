@@ -142,3 +142,38 @@ def test_support_with_eos_always_holds_eos_and_k_others_in_every_row():
     assert (rule(bb, rw).argmax(-1) == eos).all()
     assert not (SupportProductRule(k=3)(bb, rw).argmax(-1) == eos)[1:].all()
     assert rule.signature().endswith(f"|always:{eos}")
+
+
+@pytest.mark.parametrize("always", [None, 3, 47])
+def test_support_restricted_to_cached_rows_gives_the_dense_rules_loss_hits_and_gradients(always):
+    from logitplug.combine import SupportProductRule, densify_topk
+
+    torch.manual_seed(0)
+    V, N, m = 50, 64, 12
+    full = torch.log_softmax(torch.randn(N, V) * 3, -1)
+    targets = torch.randint(0, V, (N,))
+    targets[:8] = full[:8].argsort(-1, descending=True)[:, 1]  # some targets inside the support
+    # a cache entry as LogProbCache.put writes it: the top m, the last slot the target when it is outside
+    values, ids = full.topk(m, -1)
+    outside = ~(ids[:, : m - 1] == targets[:, None]).any(-1)
+    ids[outside, m - 1] = targets[outside]
+    values[outside, m - 1] = full.gather(-1, targets[:, None]).squeeze(-1)[outside]
+    dense = densify_topk(ids, values, V)
+    rw_dense = torch.randn(N, V, requires_grad=True)
+    rw_sparse = rw_dense.detach().clone().requires_grad_(True)
+    for alpha in (0.0, 0.75, 1.5):
+        rule = SupportProductRule(k=4, alpha=alpha, always=always)
+        combined = rule(dense, rw_dense)
+        nll = -combined.gather(-1, targets[:, None]).sum()
+        hits = (combined.argmax(-1) == targets).sum()
+        support = rule.restrict(ids, values, targets, V)
+        assert bool((support.ids.sort(-1).values == rule.support_mask(dense).nonzero()[:, 1].view(N, -1)).all())
+        s_nll, s_hits = support.nll_and_hits(rw_sparse.gather(-1, support.ids), alpha)
+        assert torch.allclose(nll, s_nll, atol=1e-3) and int(hits) == int(s_hits)
+        if alpha:
+            nll.backward()
+            s_nll.backward()
+            assert torch.allclose(rw_dense.grad, rw_sparse.grad, atol=1e-5)
+            rw_dense.grad = rw_sparse.grad = None
+    with pytest.raises(ValueError, match="cached tokens per position"):
+        SupportProductRule(k=m, always=always).restrict(ids, values, targets, V)

@@ -379,3 +379,25 @@ def test_a_plugin_neutral_on_unseen_tokens_learns_their_level_and_knows_its_comm
     twice = {t for ids in per_input.values() for t in ids if sum(t in other for other in per_input.values()) >= 2}
     assert set(rw.unseen.seen.nonzero().flatten().tolist()) == twice and 0 < len(twice)
     assert result.best_loss < result.blackbox_loss and float(rw.unseen.level.weight.detach().abs().sum()) > 0
+
+
+@pytest.mark.parametrize("support_eos", [False, True])
+def test_training_over_the_supports_head_rows_matches_training_over_the_whole_vocabulary(tmp_path, support_eos):
+    import logitplug.combine as combine
+
+    bb = tiny_blackbox()
+    calls = []
+    real = combine.Support.nll_and_hits
+    settings = dict(epochs=2, support_k=8, support_eos=support_eos, cache_top_k=64,
+                    alpha_grid=(0.5, 1.0), strength_candidates=())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(combine.Support, "nll_and_hits", lambda self, *a: calls.append(1) or real(self, *a))
+        sparse = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "s", **settings), SMALL)
+    assert calls  # the support path ran
+    dense = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "d", sparse_support=False, **settings), SMALL)
+    for a, b in zip(sparse.history, dense.history):
+        assert a["eval_loss"] == pytest.approx(b["eval_loss"], rel=1e-4)
+        assert a["blackbox_eval_loss"] == pytest.approx(b["blackbox_eval_loss"], rel=1e-5)
+        assert a["eval_accuracy_by_alpha"] == b["eval_accuracy_by_alpha"]
+    w_s, w_d = load_file(str(sparse.plugin_dir / "model.safetensors")), load_file(str(dense.plugin_dir / "model.safetensors"))
+    assert all(torch.allclose(w_s[k], w_d[k], atol=1e-4) for k in w_d)

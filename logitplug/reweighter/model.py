@@ -217,8 +217,15 @@ class Reweighter(nn.Module):
         return self.config.vocab_size
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Reweighting logits at the ``select``ed positions (N, V), or (``rows``: (N, k) token ids
+        per selected position) of those tokens only (N, k): training over a top-k support."""
+        if rows is not None:
+            if select is None:
+                raise ValueError("rows (token ids per position) needs select (which positions)")
+            return self.logits_for(_lm.hidden_states(self.lm, input_ids, attention_mask)[select], rows)
         if not self._extras():
             return _lm.selected_logits(self.lm, input_ids, attention_mask, select).float()
         hidden = _lm.hidden_states(self.lm, input_ids, attention_mask)
