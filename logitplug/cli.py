@@ -192,11 +192,12 @@ def train(
     try_token_vectors: bool = typer.Option(
         False, "--try-token-vectors/--no-try-token-vectors",
         help="also train a plugin whose token vectors are the black box's own pretrained embeddings (frozen; "
-                    "an endpoint's --tokenizer must then name a model with weights) and keep whichever writes the better "
-                    "held-out text (needs --strength-by a text metric, as the default recipe has). Costs a second "
-                    "training; with it CommonGen beats its prompt on every seed and WebNLG leads ICL-3 on all four means "
-                    "(BENCHMARKS.md). Both plugins "
-                    "stay under OUTPUT_DIR/candidates, the kept one is copied to OUTPUT_DIR, choice.json says why"),
+             "an endpoint's --tokenizer must then name a model with weights) and keep whichever writes the better "
+             "held-out text (needs --strength-by a text metric, as the default recipe has). On by default with the "
+             "default recipe, which then steps aside (saying so) where it cannot apply; a second training, from the "
+             "same cached log-probs. With it CommonGen beats its prompt on every seed and WebNLG leads ICL-3 on all "
+             "four means (BENCHMARKS.md). Both plugins stay under OUTPUT_DIR/candidates, the kept one is copied to "
+             "OUTPUT_DIR, choice.json says why"),
     cache: bool = typer.Option(True, help=_help(_T, "cache")),
     cache_dir: Optional[str] = typer.Option(None, help=_help(_T, "cache_dir")),
     cache_top_k: int = typer.Option(256, help=_help(_T, "cache_top_k")),

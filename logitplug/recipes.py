@@ -62,8 +62,15 @@ RECIPES: dict[str, Recipe] = {
         "(so the plugin leaves copying to the black box); the epoch is chosen by held-out loss, the reweighting "
         "strength by the held-out greedy text's BLEU, METEOR, ROUGE-L and CIDEr together: the trained strength "
         "(1) unless one of 0 .. 1.5 (0 is the prompted black box alone) beats it by more than 2%, on held-out inputs "
-        "half of which have their names replaced by pseudo-names (as test inputs often name what training never saw)",
+        "half of which have their names replaced by pseudo-names (as test inputs often name what training never saw); "
+        "a second plugin whose reweighter reads and writes the black box's own pretrained token vectors (frozen) is "
+        "trained beside it, and the one whose held-out text scores better is kept (the first unless the second leads "
+        "the metric mix by more than 0.02)",
         demonstrations=(1, 3),
+        # try_token_vectors: no reweighter wins every task: pretrained token vectors win CommonGen's new
+        # concept sets and lose E2E; held-out text kept the better one or a near tie on every task-seed
+        # measured (BENCHMARKS.md, "choosing between two reweighters")
+        try_token_vectors=True,
         # max_length: room for three demonstrations in long-output tasks (Adidas: ~610 tokens)
         # support_eos: Adidas's descriptions could not end through the rest bucket (BENCHMARKS.md)
         # strength_by: held-out loss chose a strength too weak for greedy text on WebNLG (0.5 where

@@ -86,6 +86,11 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path, capsys):
     assert len(report["generations"]) == 4
     assert (tmp_path / "results.json").exists()
     assert (Path(report["plugin_dir"]) / "logitplug.json").exists() and str(report["plugin_dir"]) in printed
+    # the default recipe trains a second plugin on SmolLM2's own token vectors and keeps the better held-out text
+    choice = report["reweighter_choice"]
+    assert set(choice["held_out_mix"]) == {"default", "token-vectors"} and "kept the" in printed
+    kept = Path(report["plugin_dir"]) / "candidates" / choice["chosen"]
+    assert (kept / "model.safetensors").read_bytes() == (Path(report["plugin_dir"]) / "model.safetensors").read_bytes()
     # a plugin made with other settings is never reused: another seed trains into another folder
     again = run_quickstart(None, tmp_path, "smollm2-135m", train_rows=24, eval_rows=8, test_inputs=2, epochs=1, seed=1)
     assert again["plugin_dir"] != report["plugin_dir"]

@@ -58,7 +58,7 @@ class CellContext:
     # uses (default: validation)
     choice_pool: list[Example] | None = None
     # the config's name (or folder) for the black box: where a recipe that tries the black box's own
-    # token vectors (Recipe.try_token_vectors) reads them
+    # token vectors (Recipe.try_token_vectors) reads them ("" or a file without an embedding table: not tried)
     blackbox_name: str = ""
 
 
@@ -332,12 +332,16 @@ class TrainedCombination(Method):
             overrides["mixture_weight"] = self.mixture_weight
         t1 = time.perf_counter()
         reweighter, info = train_reweighter(ctx, overrides, self.reweighter_overrides)
-        alternatives = self.alternatives
+        alternatives, skipped = self.alternatives, None
         if self.tries_token_vectors:
-            if not ctx.blackbox_name:
-                raise ValueError(f"method {self.name!r}: its recipe tries the black box's token vectors, "
-                                 "but the cell does not name the black box (CellContext.blackbox_name)")
-            alternatives = [{"token_vectors_from": ctx.blackbox_name}]
+            from ..blackbox import split_topk
+            from ..blackbox.registry import names_a_model
+
+            source = split_topk(ctx.blackbox_name.removeprefix("chat+"))[0]
+            if names_a_model(source):
+                alternatives = [{"token_vectors_from": source}]
+            else:  # e.g. a .gguf black box: no embedding table to read, so the configured reweighter alone
+                skipped = f"the recipe's token-vector alternative skipped: {source!r} names no model with weights"
         if alternatives:
             trained = [(reweighter, info)] + [train_reweighter(ctx, overrides, {**self.reweighter_overrides, **alt})
                                               for alt in alternatives]
@@ -345,6 +349,8 @@ class TrainedCombination(Method):
             reweighter, info = trained[index]
             info = {**info, "reweighter_choice": {"chosen": index, "held_out_mix": mixes,
                                                   "candidates": [{}, *alternatives]}}
+        elif skipped:
+            info = {**info, "reweighter_choice": skipped}
         seconds["train"] = time.perf_counter() - t1
         rule = trained_rule(info["artifact"], ctx.blackbox.tokenizer.eos_token_id)  # decode through the rule it was trained through
         info["rule"] = rule.signature()
