@@ -282,22 +282,22 @@ class _LogProbSource:
         device = self.blackbox.device
         if self.cache is None:
             return self.blackbox.logprobs_at(batch["input_ids"], batch["attention_mask"], batch["target_mask"].to(device))
-        entries = [self.cache.get(e) for e in examples]
-        todo = [i for i, entry in enumerate(entries) if entry is None]
-        if todo:
-            for i, entry in zip(todo, self._fill([examples[i] for i in todo])):
-                entries[i] = entry
-        return self.cache.dense(entries, device)
+        return self.cache.dense(self._entries(examples), device)
 
     def cached(self, examples: Sequence[EncodedExample], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """The cache's top-m ids and log-probs (N, m) at a batch's target positions, in order."""
+        entries = self._entries(examples)
+        return (torch.cat([e["ids"] for e in entries]).to(device), torch.cat([e["logprobs"] for e in entries]).to(device))
+
+    def _entries(self, examples: Sequence[EncodedExample]) -> list[dict[str, torch.Tensor]]:
+        """The examples' cache entries, recording any missing ones first."""
         assert self.cache is not None
         entries = [self.cache.get(e) for e in examples]
         todo = [i for i, entry in enumerate(entries) if entry is None]
         if todo:
             for i, entry in zip(todo, self._fill([examples[i] for i in todo])):
                 entries[i] = entry
-        return (torch.cat([e["ids"] for e in entries]).to(device), torch.cat([e["logprobs"] for e in entries]).to(device))
+        return entries
 
 
 class _Losses:
