@@ -121,12 +121,11 @@ def _recipe_tries_token_vectors(blackbox: str, tokenizer: str | None, tcfg: Any,
     --try-token-vectors, the recipe's choice steps aside (saying why, where the user may not expect
     it) when the user picked the reweighter's vectors, a strength by loss, or an endpoint whose
     --tokenizer names no model with weights."""
-    from .blackbox import split_topk
-    from .blackbox.registry import names_a_model
+    from .blackbox.registry import names_a_model, token_vector_source
 
     if rcfg.token_vectors_from or rcfg.init_from or tcfg.strength_by == "loss":
         return False
-    source = tokenizer if _is_endpoint(blackbox) else split_topk(blackbox.removeprefix("chat+"))[0]
+    source = token_vector_source(blackbox, tokenizer)
     if not source or not names_a_model(source):
         typer.echo(f"training the configured reweighter only: the recipe would also try one on the black box's "
                    f"pretrained token vectors, but {source!r} names no model with weights (give --tokenizer a "
@@ -241,8 +240,8 @@ def train(
     if try_token_vectors and not _given(ctx, "try_token_vectors"):
         try_token_vectors = _recipe_tries_token_vectors(blackbox, tokenizer, tcfg, rcfg)
     if try_token_vectors:  # checked before any training, so a bad combination costs nothing
-        from .blackbox import REGISTRY, split_topk
-        from .blackbox.registry import names_a_model
+        from .blackbox import REGISTRY
+        from .blackbox.registry import names_a_model, token_vector_source
 
         if rcfg.token_vectors_from or rcfg.init_from:
             _fail("--try-token-vectors compares the reweighter you configure with one on the black box's token vectors; "
@@ -251,7 +250,7 @@ def train(
             _fail("--try-token-vectors compares held-out text: give --strength-by a text metric or a mix "
                   "(the default recipe's is BLEU+METEOR+ROUGE-L+CIDEr)")
         endpoint = _is_endpoint(blackbox)
-        source = tokenizer if endpoint else split_topk(blackbox.removeprefix("chat+"))[0]
+        source = token_vector_source(blackbox, tokenizer)
         if not source or not names_a_model(source):
             _fail(f"--try-token-vectors needs the black box's pretrained token embeddings: {source!r} is neither a "
                   f"registered name ({', '.join(sorted(REGISTRY))}) nor a folder holding a model"

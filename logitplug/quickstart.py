@@ -19,6 +19,7 @@ from typing import Sequence
 
 from ._io import stable_key
 from .blackbox import load_blackbox
+from .blackbox.registry import names_a_model, token_vector_source
 from .combine import BlackBoxOnly
 from .data import TEMPLATES, Example, e2e_paper_splits, encode_prompt
 from .decode import Decoder, GenerationConfig
@@ -77,12 +78,15 @@ def run_quickstart(
     else:
         scorers = held_out_scorers(tcfg, bb, prompted, eval_set, gcfg)  # the recipe's strength choice, if any
         rcfg = ReweighterConfig(**chosen.reweighter)
-        if chosen.try_token_vectors:  # a second plugin on the black box's own token vectors; the better text is kept
-            candidates = {"default": rcfg, "token-vectors": replace(rcfg, token_vectors_from=blackbox_name)}
+        source = token_vector_source(blackbox_name)
+        if chosen.try_token_vectors and names_a_model(source):  # a second plugin on the black box's own token vectors
+            candidates = {"default": rcfg, "token-vectors": replace(rcfg, token_vectors_from=source)}
             result, choice = train_and_choose(bb, train_set, eval_set, prompted, tcfg, candidates, **scorers)
             print(f"kept the {choice['chosen']} reweighter (held-out text mix: "
                   + ", ".join(f"{n} {m:.3f}" for n, m in choice["held_out_mix"].items()) + ")")
         else:
+            if chosen.try_token_vectors:
+                print(f"training one reweighter: {blackbox_name!r} holds no token embeddings to try as a second")
             result = train(bb, train_set, eval_set, prompted, tcfg, rcfg, **scorers)
         print(f"held-out loss per token: plugin {result.best_loss:.3f}, black box alone {result.blackbox_loss:.3f}")
     t_trained = time.perf_counter()

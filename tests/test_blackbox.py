@@ -149,3 +149,12 @@ def test_topk_blackbox_is_what_a_closed_api_returns():
 ])
 def test_topk_suffix_parses_one_way_everywhere(name, expected):
     assert split_topk(name) == expected
+
+
+def test_token_vector_source_names_the_model_behind_a_black_box():
+    from logitplug.blackbox.registry import token_vector_source
+
+    assert token_vector_source("chat+smollm2-135m@top20") == "smollm2-135m"
+    assert token_vector_source("/models/x") == "/models/x"
+    assert token_vector_source("chat+http://127.0.0.1:9/v1@top5", "smollm2-135m") == "smollm2-135m"
+    assert token_vector_source("https://api.example.com/v1") == ""  # an endpoint without --tokenizer

@@ -334,10 +334,9 @@ class TrainedCombination(Method):
         reweighter, info = train_reweighter(ctx, overrides, self.reweighter_overrides)
         alternatives, skipped = self.alternatives, None
         if self.tries_token_vectors:
-            from ..blackbox import split_topk
-            from ..blackbox.registry import names_a_model
+            from ..blackbox.registry import names_a_model, token_vector_source
 
-            source = split_topk(ctx.blackbox_name.removeprefix("chat+"))[0]
+            source = token_vector_source(ctx.blackbox_name)
             if names_a_model(source):
                 alternatives = [{"token_vectors_from": source}]
             else:  # e.g. a .gguf black box: no embedding table to read, so the configured reweighter alone

@@ -138,6 +138,16 @@ def names_a_model(name_or_path: str) -> bool:
     return name_or_path in REGISTRY or (Path(name_or_path) / "config.json").exists()
 
 
+def token_vector_source(blackbox: str, tokenizer: str | None = None) -> str:
+    """Where a black box's pretrained token embeddings would be read from: the model behind a
+    local black box's name (``chat+`` and ``@topK`` stripped), or an endpoint's ``tokenizer``
+    (which names them only if it is a registered name or a model folder; see ``names_a_model``)."""
+    name = blackbox.removeprefix("chat+")
+    if name.startswith(("http://", "https://")):
+        return tokenizer or ""
+    return split_topk(name)[0]
+
+
 def model_folder(name_or_path: str) -> Path:
     """The local folder of a registered black box (converted on first use), or the path given."""
     return ensure_converted(name_or_path) if name_or_path in REGISTRY else Path(name_or_path)
