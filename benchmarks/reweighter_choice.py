@@ -10,6 +10,10 @@ candidate's, averaged; the first candidate (the default) is kept unless another 
 more than --margin on that mix (0.02, as the strength choice).
 
     python benchmarks/reweighter_choice.py benchmarks/scoreboard.yaml --candidates plugin,plugin-vectors
+
+Superseded since session 15: the default recipe now makes this choice itself, and each plugin cell
+records it (``info.reweighter_choice``), so run on newer cells the ``plugin`` candidate already is the
+choice. results/reweighter-choice.{md,json} keep the session-14 table, made from the cells before.
 """
 
 from __future__ import annotations
