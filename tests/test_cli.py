@@ -132,7 +132,7 @@ def test_train_generate_eval_on_a_named_task(tmp_path, bb_dir):
     plugin = tmp_path / "plugin"
     res = runner.invoke(app, ["train", "--task", "commongen", "--output-dir", str(plugin), "--blackbox", str(bb_dir),
                               "--epochs", "1", "--max-steps", "2", "--hidden", "32", "--heads", "2", "--ffn", "64",
-                              "--cache-dir", str(tmp_path / "cache")])
+                              "--cache-dir", str(tmp_path / "cache"), "--select-inputs", "10"])  # held-out choices on 10 inputs
     assert res.exit_code == 0, res.output
     gen = tmp_path / "gen.jsonl"
     res = runner.invoke(app, ["generate", "--task", "commongen", "--plugin", str(plugin), "--blackbox", str(bb_dir),
