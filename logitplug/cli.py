@@ -189,7 +189,7 @@ def train(
     init_from: Optional[str] = typer.Option(None, help=_help(_R, "init_from")),
     token_vectors_from: Optional[str] = typer.Option(None, help=_help(_R, "token_vectors_from")),
     try_token_vectors: bool = typer.Option(
-        False, "--try-token-vectors/--no-try-token-vectors",
+        False, "--try-token-vectors/--no-try-token-vectors", show_default=False,
         help="also train a plugin whose token vectors are the black box's own pretrained embeddings (frozen; "
              "an endpoint's --tokenizer must then name a model with weights) and keep whichever writes the better "
              "held-out text (needs --strength-by a text metric, as the default recipe has). On by default with the "
