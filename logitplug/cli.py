@@ -116,22 +116,27 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
     return out
 
 
-def _recipe_tries_token_vectors(blackbox: str, tokenizer: str | None, tcfg: Any, rcfg: Any) -> bool:
-    """Whether a recipe's choice of token vectors applies to this command. Unlike the explicit
-    --try-token-vectors, the recipe's choice steps aside (saying why, where the user may not expect
-    it) when the user picked the reweighter's vectors, a strength by loss, or an endpoint whose
-    --tokenizer names no model with weights."""
+def _token_vectors_obstacle(blackbox: str, tokenizer: str | None, tcfg: Any, rcfg: Any) -> tuple[bool, str] | None:
+    """Why a second reweighter on the black box's token vectors cannot be tried here, or None.
+    (True, why): the user's own settings rule it out (the reweighter's vectors or a strength by loss);
+    (False, why): the black box's embeddings are not at hand (an endpoint's --tokenizer names no model
+    with weights, a .gguf file). An explicit --try-token-vectors fails on either; the recipe's choice
+    steps aside, saying so only in the second case, which the user may not expect."""
+    from .blackbox import REGISTRY
     from .blackbox.registry import names_a_model, token_vector_source
 
-    if rcfg.token_vectors_from or rcfg.init_from or tcfg.strength_by == "loss":
-        return False
+    if rcfg.token_vectors_from or rcfg.init_from:
+        return True, ("--try-token-vectors compares the reweighter you configure with one on the black box's token "
+                      "vectors; drop --token-vectors-from / --init-from")
+    if tcfg.strength_by == "loss":
+        return True, ("--try-token-vectors compares held-out text: give --strength-by a text metric or a mix "
+                      "(the default recipe's is BLEU+METEOR+ROUGE-L+CIDEr)")
     source = token_vector_source(blackbox, tokenizer)
     if not source or not names_a_model(source):
-        typer.echo(f"training the configured reweighter only: the recipe would also try one on the black box's "
-                   f"pretrained token vectors, but {source!r} names no model with weights (give --tokenizer a "
-                   "registered name or a model folder to try them; --no-try-token-vectors silences this)")
-        return False
-    return True
+        return False, (f"--try-token-vectors needs the black box's pretrained token embeddings: {source!r} is neither "
+                       f"a registered name ({', '.join(sorted(REGISTRY))}) nor a folder holding a model"
+                       + (" (for an endpoint, --tokenizer must name one)" if _is_endpoint(blackbox) else ""))
+    return None
 
 
 @app.command()
@@ -235,26 +240,18 @@ def train(
                                    if _CLI_NAME.get(f.name, f.name) in o})
     except ValueError as e:
         _fail(str(e))
-    source = None
-    try_token_vectors = o["try_token_vectors"]
-    if try_token_vectors and not _given(ctx, "try_token_vectors"):
-        try_token_vectors = _recipe_tries_token_vectors(blackbox, tokenizer, tcfg, rcfg)
-    if try_token_vectors:  # checked before any training, so a bad combination costs nothing
-        from .blackbox import REGISTRY
-        from .blackbox.registry import names_a_model, token_vector_source
+    source = None  # where the second reweighter's token vectors come from, when one is tried
+    if o["try_token_vectors"]:  # checked before any training, so a bad combination costs nothing
+        from .blackbox.registry import token_vector_source
 
-        if rcfg.token_vectors_from or rcfg.init_from:
-            _fail("--try-token-vectors compares the reweighter you configure with one on the black box's token vectors; "
-                  "drop --token-vectors-from / --init-from")
-        if tcfg.strength_by == "loss":
-            _fail("--try-token-vectors compares held-out text: give --strength-by a text metric or a mix "
-                  "(the default recipe's is BLEU+METEOR+ROUGE-L+CIDEr)")
-        endpoint = _is_endpoint(blackbox)
-        source = token_vector_source(blackbox, tokenizer)
-        if not source or not names_a_model(source):
-            _fail(f"--try-token-vectors needs the black box's pretrained token embeddings: {source!r} is neither a "
-                  f"registered name ({', '.join(sorted(REGISTRY))}) nor a folder holding a model"
-                  + (" (for an endpoint, --tokenizer must name one)" if endpoint else ""))
+        obstacle = _token_vectors_obstacle(blackbox, tokenizer, tcfg, rcfg)
+        if obstacle is None:
+            source = token_vector_source(blackbox, tokenizer)
+        elif _given(ctx, "try_token_vectors"):
+            _fail(obstacle[1])
+        elif not obstacle[0]:
+            typer.echo(f"training the configured reweighter only (the recipe's choice steps aside): {obstacle[1]}; "
+                       "--no-try-token-vectors silences this")
     if task is not None:  # the task's own validation split does early stopping
         splits = _task_splits(task, data_dir, seed)
         train_rows, eval_rows = splits["train"], splits["validation"]
@@ -295,7 +292,7 @@ def train(
 
         # held-out decoding as `generate` decodes by default: greedy, penalty 1.1, an answer ends at a blank line
         scorers = held_out_scorers(tcfg, bb, tmpl, eval_rows, GenerationConfig(repetition_penalty=1.1, stop_strings=("\n\n",)))
-        if try_token_vectors:
+        if source is not None:
             from .train import train_and_choose
 
             candidates = {"default": rcfg, "token-vectors": replace(rcfg, token_vectors_from=source)}

@@ -309,12 +309,11 @@ class _Losses:
 
     def prepare(self, exs: Sequence[EncodedExample], device: torch.device | str) -> tuple[dict[str, torch.Tensor], Any]:
         batch = collate(exs, pad_id=0)
+        on_device = {k: v.to(device) for k, v in batch.items()}
         if self.sparse:
             ids, lp = self.source.cached(exs, device)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            return batch, self.rule.restrict(ids, lp, targets_of(batch), self.vocab_size)
-        bb = self.source(exs, batch).to(device)
-        return {k: v.to(device) for k, v in batch.items()}, bb
+            return on_device, self.rule.restrict(ids, lp, targets_of(on_device), self.vocab_size)
+        return on_device, self.source(exs, batch).to(device)
 
     def reweighter(self, model: Any, batch: dict[str, torch.Tensor], bb: Any) -> torch.Tensor:
         if self.sparse:

@@ -257,7 +257,7 @@ def test_try_token_vectors_trains_both_and_keeps_the_better_held_out_text(tmp_pa
 
 
 def test_a_recipe_that_tries_token_vectors_chooses_unless_told_not_to_or_it_cannot(tmp_path, bb_dir, data, monkeypatch):
-    from logitplug.cli import _recipe_tries_token_vectors
+    from logitplug.cli import _token_vectors_obstacle
     from logitplug.recipes import RECIPES, Recipe
     from logitplug.reweighter import ReweighterConfig
     from logitplug.train import TrainConfig
@@ -278,6 +278,6 @@ def test_a_recipe_that_tries_token_vectors_chooses_unless_told_not_to_or_it_cann
     from transformers import AutoTokenizer
     AutoTokenizer.from_pretrained(str(bb_dir)).save_pretrained(tok_only)
     tcfg, rcfg = TrainConfig(output_dir="x", strength_by="BLEU", strength_candidates=(0.0, 1.0)), ReweighterConfig()
-    assert _recipe_tries_token_vectors(str(bb_dir), None, tcfg, rcfg)
-    assert not _recipe_tries_token_vectors("http://127.0.0.1:9/v1", str(tok_only), tcfg, rcfg)
-    assert not _recipe_tries_token_vectors(str(bb_dir), None, TrainConfig(output_dir="x"), rcfg)  # by loss
+    assert _token_vectors_obstacle(str(bb_dir), None, tcfg, rcfg) is None
+    assert _token_vectors_obstacle("http://127.0.0.1:9/v1", str(tok_only), tcfg, rcfg)[0] is False  # said aloud
+    assert _token_vectors_obstacle(str(bb_dir), None, TrainConfig(output_dir="x"), rcfg)[0] is True  # by loss
