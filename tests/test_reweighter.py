@@ -192,7 +192,36 @@ def test_token_vectors_from_a_pretrained_lm_are_frozen_and_saved_once(tmp_path):
     assert torch.equal(back(ids, mask), full)
     from safetensors.torch import load_file
 
-    assert sum(v.shape == table.shape for v in load_file(str(tmp_path / "p" / "model.safetensors")).values()) == 1
+    # the table goes by reference (read again from its source, pinned by a hash), not in the file
+    assert not any(v.shape == table.shape for v in load_file(str(tmp_path / "p" / "model.safetensors")).values())
+
+
+def test_a_token_vector_plugin_reads_its_table_again_and_refuses_another(tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    bb = tiny_blackbox()
+    bb.model.save_pretrained(tmp_path / "lm")
+    rw = Reweighter.build(ReweighterConfig(token_vectors_from=str(tmp_path / "lm"), **SMALL), bb.vocab_size, bb.tokenizer)
+    ids = torch.randint(0, bb.vocab_size, (2, 7))
+    mask = torch.ones_like(ids)
+    full = rw(ids, mask)
+    rw.save_pretrained(tmp_path / "p", bb.fingerprint)
+    shutil.move(tmp_path / "lm", tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="token_vectors=NAME_OR_FOLDER"):
+        Reweighter.from_pretrained(tmp_path / "p", bb.fingerprint)
+    back = Reweighter.from_pretrained(tmp_path / "p", bb.fingerprint, token_vectors=str(tmp_path / "moved"))
+    assert torch.equal(back(ids, mask), full)
+    tiny_blackbox(seed=1).model.save_pretrained(tmp_path / "other")  # same tokenizer, other vectors
+    with pytest.raises(TokenizerMismatchError, match="differ"):
+        Reweighter.from_pretrained(tmp_path / "p", bb.fingerprint, token_vectors=str(tmp_path / "other"))
+    # a plugin saved when the table travelled in its weights file still loads, without its source
+    state = load_file(str(tmp_path / "p" / "model.safetensors"))
+    state["model.embed_tokens.table"] = bb.model.get_input_embeddings().weight.detach().clone()
+    save_file(state, str(tmp_path / "p" / "model.safetensors"))
+    shutil.rmtree(tmp_path / "moved")
+    assert torch.equal(Reweighter.from_pretrained(tmp_path / "p", bb.fingerprint)(ids, mask), full)
 
 
 def test_token_vectors_need_the_blackbox_tokenizer_and_a_model(tmp_path):

@@ -7,6 +7,7 @@ zero-initialized head, the artifact format with its tokenizer check) lives here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
@@ -287,6 +288,11 @@ class Reweighter(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         cfg = self.config.to_dict()
         cfg["llm_config"] = self.lm.config.to_dict()
+        vectors = self.lm.get_input_embeddings()
+        if isinstance(vectors, TokenVectors):  # the table stays with its source; the hash pins which one
+            cfg[TokenVectors.HASH_KEY] = vectors.fingerprint()
+            if Path(self.config.token_vectors_from).is_dir():  # a folder: found again from any working directory
+                cfg["token_vectors_from"] = str(Path(self.config.token_vectors_from).resolve())
         (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str))
         state = {k: v.detach().contiguous().cpu() for k, v in self.lm.state_dict().items()}
         for name, module in self._extras().items():
@@ -308,8 +314,13 @@ class Reweighter(nn.Module):
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, blackbox_fingerprint: str | None = None) -> "Reweighter":
-        """Load a saved plugin; refuse it when ``blackbox_fingerprint``'s tokenizer differs from the saved one."""
+    def from_pretrained(cls, path: str | Path, blackbox_fingerprint: str | None = None,
+                        token_vectors: str | None = None) -> "Reweighter":
+        """Load a saved plugin; refuse it when ``blackbox_fingerprint``'s tokenizer differs from the saved one.
+
+        A plugin built on pretrained token vectors reads them again from where it was trained
+        (``token_vectors_from``), or from ``token_vectors`` (a registered name or model folder) when
+        that place is not at hand here; either way they must be the very table it was trained on."""
         path = Path(path)
         for name in (CONFIG_NAME, WEIGHTS_NAME, SIDECAR_NAME):
             if not (path / name).exists():
@@ -319,14 +330,18 @@ class Reweighter(nn.Module):
             check_same_tokenizer(sidecar["blackbox"], blackbox_fingerprint, what=f"plugin {path}")
         raw = json.loads((path / CONFIG_NAME).read_text())
         llm_dict = raw.pop("llm_config")
+        table_hash = raw.pop(TokenVectors.HASH_KEY, None)
         # any architecture (init_from may be a Gemma, Qwen, ... checkpoint), rebuilt from its model_type
         llm_config = AutoConfig.for_model(llm_dict.pop("model_type", "llama"), **llm_dict)
         config = ReweighterConfig.from_dict({**raw, "init_from": None})
         config.init_from = raw.get("init_from")
         lm = AutoModelForCausalLM.from_config(llm_config, dtype=torch.float32)
         state = load_file(str(path / WEIGHTS_NAME))
-        if config.token_vectors_from:  # the frozen table travels in the weights file
-            use_token_vectors(lm, state[TokenVectors.TABLE_KEY])
+        if config.token_vectors_from:
+            if TokenVectors.TABLE_KEY in state:  # earlier plugins carried the table in their weights file
+                use_token_vectors(lm, state.pop(TokenVectors.TABLE_KEY))
+            else:
+                use_token_vectors(lm, _saved_token_vectors(path, config.token_vectors_from, token_vectors, table_hash))
         extra_state: dict[str, dict[str, torch.Tensor]] = {}
         for k, v in state.items():
             if k.startswith(EXTRA_PREFIX):
@@ -359,15 +374,21 @@ class TokenVectors(nn.Module):
     close: what it learns for seen tokens carries over to similar unseen ones (on CommonGen it halved
     the demotion of unseen tokens; on WebNLG it did not move it: BENCHMARKS.md)."""
 
-    TABLE_KEY = "model.embed_tokens.table"
+    TABLE_KEY = "model.embed_tokens.table"  # where plugins saved before the table went by reference held it
+    HASH_KEY = "token_vectors_sha256"
 
     def __init__(self, table: torch.Tensor, hidden_size: int):
         super().__init__()
-        self.register_buffer("table", table.detach().float().contiguous())
+        # not in the state dict: plugin folders and training checkpoints would carry the whole table
+        # (113 MB for SmolLM2's vocabulary, 670 MB for Gemma's); it is read again from its source
+        self.register_buffer("table", table.detach().float().contiguous(), persistent=False)
         self.proj = nn.Linear(table.shape[1], hidden_size, bias=False)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.proj(self.table[input_ids])
+
+    def fingerprint(self) -> str:
+        return table_fingerprint(self.table)
 
 
 class TokenVectorHead(nn.Module):
@@ -407,6 +428,34 @@ def pretrained_token_vectors(name_or_path: str) -> torch.Tensor:
     except OSError as e:  # a tokenizer-only folder, or weights missing
         raise FileNotFoundError(f"token_vectors_from: {folder} holds no loadable model weights ({e})") from e
     return lm.get_input_embeddings().weight.detach().clone()
+
+
+def table_fingerprint(table: torch.Tensor) -> str:
+    """sha256 of a token-vector table's float32 values (shape included)."""
+    values = table.detach().to(torch.float32).contiguous().cpu()
+    digest = hashlib.sha256(repr(tuple(values.shape)).encode())
+    digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _saved_token_vectors(path: Path, source: str, override: str | None, expected: str | None) -> torch.Tensor:
+    """The table a saved plugin was trained on, read from ``override`` or its recorded source."""
+    where = override or source
+    try:
+        table = pretrained_token_vectors(where)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"plugin {path} reweights through the frozen token vectors of {source!r}, which it does not store; "
+            f"they could not be read here ({e}). Give the model they came from (for Python: "
+            "Reweighter.from_pretrained(path, token_vectors=NAME_OR_FOLDER))"
+        ) from e
+    if expected is not None and table_fingerprint(table) != expected:
+        raise TokenizerMismatchError(
+            f"plugin {path} was trained on the token vectors of {source!r}, but those read from {where!r} differ "
+            f"(sha256 {table_fingerprint(table)[:12]}..., expected {expected[:12]}...); give the same model it was "
+            "trained with"
+        )
+    return table
 
 
 def use_token_vectors(lm: nn.Module, table: torch.Tensor) -> None:
