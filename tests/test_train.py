@@ -43,9 +43,14 @@ def test_plugin_overfits_eight_examples_and_greedy_reproduces_them(tmp_path):
         train(bb, EXAMPLES, EXAMPLES, TEMPLATE, _config(tmp_path, epochs=1), SMALL)
 
 
-def test_interrupted_training_resumes_to_the_same_result(tmp_path):
+@pytest.mark.parametrize("vectors", [False, True], ids=["own-vectors", "token-vectors"])
+def test_interrupted_training_resumes_to_the_same_result(tmp_path, vectors):
     bb = tiny_blackbox()
-    reference = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "a", epochs=4), SMALL)
+    rcfg = SMALL
+    if vectors:  # the frozen table is in no checkpoint: resuming reads it again from its source
+        bb.model.save_pretrained(tmp_path / "lm")
+        rcfg = replace(SMALL, token_vectors_from=str(tmp_path / "lm"))
+    reference = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "a", epochs=4), rcfg)
 
     def interrupt(state):
         if state.global_step == 5:  # mid-epoch 3 (2 steps per epoch with batch 4)
@@ -53,11 +58,14 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path):
 
     cfg = _config(tmp_path / "b", epochs=4)
     with pytest.raises(TrainingInterrupted, match="Run the same command again"):
-        train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL, callbacks=[interrupt])
+        train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, rcfg, callbacks=[interrupt])
     assert (Path(cfg.output_dir) / "checkpoint" / "trainer_state.json").exists()
+    saved = [load_file(str(f)) for f in (Path(cfg.output_dir) / "checkpoint").glob("*.safetensors")]
+    holds_a_vocabulary_table = any(v.shape[0] == bb.vocab_size for state in saved for v in state.values())
+    assert saved and holds_a_vocabulary_table != vectors  # own embeddings are trained weights; the frozen table is not
     with pytest.raises(ValueError, match="other settings"):
-        train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "b", epochs=4, lr=0.5), SMALL)
-    resumed = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL)
+        train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path / "b", epochs=4, lr=0.5), rcfg)
+    resumed = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, rcfg)
     assert [h["eval_loss"] for h in resumed.history] == pytest.approx([h["eval_loss"] for h in reference.history], rel=1e-6)
     a = load_file(str(reference.plugin_dir / "model.safetensors"))
     b = load_file(str(resumed.plugin_dir / "model.safetensors"))
