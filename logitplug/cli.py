@@ -116,6 +116,13 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
     return out
 
 
+def _own_token_vectors(bb: Any) -> Any:
+    """A local black box's input embeddings: what a plugin trained on its token vectors reads when the
+    model folder it recorded has moved (the plugin checks they are the same table)."""
+    embeddings = getattr(getattr(bb, "model", None), "get_input_embeddings", lambda: None)()
+    return None if embeddings is None else embeddings.weight
+
+
 def _token_vectors_obstacle(blackbox: str, tokenizer: str | None, tcfg: Any, rcfg: Any) -> tuple[bool, str] | None:
     """Why a second reweighter on the black box's token vectors cannot be tried here, or None.
     (True, why): the user's own settings rule it out (the reweighter's vectors or a strength by loss);
@@ -401,7 +408,7 @@ def generate(
     rw = None
     if plugin is not None:
         try:
-            rw = Reweighter.from_pretrained(plugin, bb.fingerprint)
+            rw = Reweighter.from_pretrained(plugin, bb.fingerprint, fallback_token_vectors=_own_token_vectors(bb))
         except (FileNotFoundError, TokenizerMismatchError) as e:
             _fail(str(e))
     elif combination.needs_reweighter:
@@ -581,7 +588,8 @@ def serve(
     rw, rule, prefix = None, None, {}
     if plugin is not None:
         try:
-            rw, rule = Reweighter.from_pretrained(plugin, bb.fingerprint), trained_rule(plugin, bb.tokenizer.eos_token_id)
+            rw = Reweighter.from_pretrained(plugin, bb.fingerprint, fallback_token_vectors=_own_token_vectors(bb))
+            rule = trained_rule(plugin, bb.tokenizer.eos_token_id)
         except (FileNotFoundError, TokenizerMismatchError, ValueError) as e:
             _fail(str(e))
         from .data import PromptTemplate

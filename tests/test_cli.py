@@ -239,6 +239,23 @@ def test_try_token_vectors_trains_both_and_keeps_the_better_held_out_text(tmp_pa
     res = runner.invoke(app, ["generate", "--input-file", str(data), "--input-column", "mr", "--output", str(gen_out),
                               "--blackbox", str(bb_dir), "--plugin", str(out), "--max-new-tokens", "3"])
     assert res.exit_code == 0, res.output
+    # the token-vector plugin does not store its table: if the folder it recorded has moved, the
+    # black box's own embeddings serve, when they are the same table
+    import shutil
+
+    moved = tmp_path / "vectors-plugin"
+    shutil.copytree(out / "candidates" / "token-vectors", moved)
+    config = json.loads((moved / "reweighter_config.json").read_text())
+    (moved / "reweighter_config.json").write_text(json.dumps({**config, "token_vectors_from": str(tmp_path / "gone")}))
+    generate = ["generate", "--input-file", str(data), "--input-column", "mr", "--output", str(gen_out),
+                "--plugin", str(moved), "--max-new-tokens", "3"]
+    res = runner.invoke(app, generate + ["--blackbox", str(bb_dir)])
+    assert res.exit_code == 0, res.output
+    other = tiny_blackbox(seed=1)  # the same tokenizer, other vectors
+    other.model.save_pretrained(tmp_path / "other")
+    other.tokenizer.save_pretrained(tmp_path / "other")
+    res = runner.invoke(app, generate + ["--blackbox", str(tmp_path / "other")])
+    assert res.exit_code == 2 and "does not store" in res.output
     # a second run finds the plugin made; a bad combination fails before any training
     res = runner.invoke(app, args + ["--output-dir", str(out), "--try-token-vectors"])
     assert res.exit_code == 2 and "already holds a trained plugin" in res.output

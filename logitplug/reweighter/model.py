@@ -315,12 +315,15 @@ class Reweighter(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, blackbox_fingerprint: str | None = None,
-                        token_vectors: str | None = None) -> "Reweighter":
+                        token_vectors: str | None = None,
+                        fallback_token_vectors: torch.Tensor | None = None) -> "Reweighter":
         """Load a saved plugin; refuse it when ``blackbox_fingerprint``'s tokenizer differs from the saved one.
 
         A plugin built on pretrained token vectors reads them again from where it was trained
         (``token_vectors_from``), or from ``token_vectors`` (a registered name or model folder) when
-        that place is not at hand here; either way they must be the very table it was trained on."""
+        that place is not at hand here; either way they must be the very table it was trained on.
+        ``fallback_token_vectors`` (e.g. the black box's own input embeddings, already in memory)
+        serves when the recorded place cannot be read and the table is the same."""
         path = Path(path)
         for name in (CONFIG_NAME, WEIGHTS_NAME, SIDECAR_NAME):
             if not (path / name).exists():
@@ -341,7 +344,8 @@ class Reweighter(nn.Module):
             if TokenVectors.TABLE_KEY in state:  # earlier plugins carried the table in their weights file
                 use_token_vectors(lm, state.pop(TokenVectors.TABLE_KEY))
             else:
-                use_token_vectors(lm, _saved_token_vectors(path, config.token_vectors_from, token_vectors, table_hash))
+                use_token_vectors(lm, _saved_token_vectors(path, config.token_vectors_from, token_vectors, table_hash,
+                                                            fallback_token_vectors))
         extra_state: dict[str, dict[str, torch.Tensor]] = {}
         for k, v in state.items():
             if k.startswith(EXTRA_PREFIX):
@@ -438,12 +442,17 @@ def table_fingerprint(table: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def _saved_token_vectors(path: Path, source: str, override: str | None, expected: str | None) -> torch.Tensor:
-    """The table a saved plugin was trained on, read from ``override`` or its recorded source."""
+def _saved_token_vectors(path: Path, source: str, override: str | None, expected: str | None,
+                         fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """The table a saved plugin was trained on, read from ``override`` or its recorded source, else
+    ``fallback`` if it is that same table."""
     where = override or source
     try:
         table = pretrained_token_vectors(where)
     except FileNotFoundError as e:
+        if override is None and fallback is not None and expected is not None and table_fingerprint(fallback) == expected:
+            logger.info("plugin %s: %r not found; using the given token vectors, the same table", path, source)
+            return fallback.detach()
         raise FileNotFoundError(
             f"plugin {path} reweights through the frozen token vectors of {source!r}, which it does not store; "
             f"they could not be read here ({e}). Give the model they came from (for Python: "
