@@ -145,6 +145,10 @@ def _curves(cfg: "BenchConfig", task: str, bb: str, sub: list[dict[str, Any]], m
                 flat_seen += 1
                 ax.axhline(flat[0]["scores"][m]["mean"], linestyle=style, color=color, label=name)
         ax.set_xscale("log")
+        sizes = sorted({r["train_rows"] for r in sub if r["sweep_size"] is not None})
+        if sizes:  # the sizes themselves as ticks: log-scale minor labels (3x10^2, 4x10^2) overlap
+            ax.set_xticks(sizes, [str(n) for n in sizes], fontsize=7)
+            ax.minorticks_off()
         ax.set_xlabel("training rows", fontsize=8)
         ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""), fontsize=9)
     axes[0][0].legend(fontsize=7)
