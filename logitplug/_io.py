@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, data: Any, **dump_kwargs: Any) -> None:
     atomic_write_bytes(path, json.dumps(data, **dump_kwargs).encode())
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    """Put ``source``'s content at ``dest``: a hard link where the file system allows, else a copy.
+    Only for files nothing writes in place (plugin weights are always written as a fresh file), as a
+    write through one name would change the other."""
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(source, dest)
+    except OSError:  # another device, or links unsupported
+        shutil.copy2(source, dest)
 
 
 def stable_key(*parts: Any) -> str:

@@ -22,13 +22,14 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ._io import link_or_copy
 from .blackbox import BlackBox, logitplug_home
 from .cache import LogProbCache
 from .combine import SupportProductRule, get_rule
 from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, targets_of
 from .data.augment import augment_copied_names
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
-from .reweighter.model import SIDECAR_NAME, token_evidence
+from .reweighter.model import SIDECAR_NAME, WEIGHTS_NAME, token_evidence
 
 logger = logging.getLogger(__name__)
 
@@ -776,7 +777,7 @@ def train_and_choose(
               "candidates": {n: {"folder": str(r.plugin_dir), "eval_loss": r.best_loss} for n, r in results.items()}}
     (out / CHOICE_NAME).write_text(json.dumps(choice, indent=2))
     files = sorted((p for p in results[chosen].plugin_dir.iterdir() if p.is_file()), key=lambda p: p.name == SIDECAR_NAME)
-    for item in files:  # the sidecar last: it marks a finished plugin folder
-        shutil.copy2(item, out / item.name)
+    for item in files:  # the sidecar last: it marks a finished plugin folder; the weights linked, not copied
+        (link_or_copy if item.name == WEIGHTS_NAME else shutil.copy2)(item, out / item.name)
     logger.info("kept %s (held-out text mix %s)", chosen, ", ".join(f"{n} {m:.3f}" for n, m in zip(results, mixes)))
     return replace(results[chosen], plugin_dir=out), choice

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shutil
 import time
@@ -20,6 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .._io import link_or_copy
 from .._io import stable_key as _key
 from ..blackbox import LocalBlackBox
 from ..combine import BlackBoxOnly, ProductRule
@@ -235,15 +235,8 @@ def _copy_plugin(source: Path, dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for item in source.iterdir():
-        if not item.is_file():
-            continue
-        if item.name == WEIGHTS_NAME:
-            try:
-                os.link(item, tmp / item.name)
-                continue
-            except OSError:  # another device, or links unsupported: copy
-                pass
-        shutil.copy2(item, tmp / item.name)
+        if item.is_file():
+            (link_or_copy if item.name == WEIGHTS_NAME else shutil.copy2)(item, tmp / item.name)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 
