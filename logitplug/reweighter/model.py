@@ -392,7 +392,9 @@ class TokenVectors(nn.Module):
         return self.proj(self.table[input_ids])
 
     def fingerprint(self) -> str:
-        return table_fingerprint(self.table)
+        if getattr(self, "_fingerprint", None) is None:  # the table is frozen: hashed once, not at every save
+            self._fingerprint = table_fingerprint(self.table)
+        return self._fingerprint
 
 
 class TokenVectorHead(nn.Module):
