@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers.initialization import no_init_weights
 
 from .. import _lm
 
@@ -338,7 +339,8 @@ class Reweighter(nn.Module):
         llm_config = AutoConfig.for_model(llm_dict.pop("model_type", "llama"), **llm_dict)
         config = ReweighterConfig.from_dict({**raw, "init_from": None})
         config.init_from = raw.get("init_from")
-        lm = AutoModelForCausalLM.from_config(llm_config, dtype=torch.float32)
+        with no_init_weights():  # every weight comes from the file (checked below): random init would cost seconds
+            lm = AutoModelForCausalLM.from_config(llm_config, dtype=torch.float32)
         state = load_file(str(path / WEIGHTS_NAME))
         if config.token_vectors_from:
             if TokenVectors.TABLE_KEY in state:  # earlier plugins carried the table in their weights file
@@ -429,6 +431,9 @@ def pretrained_token_vectors(name_or_path: str) -> torch.Tensor:
             "black box's tokenizer"
         )
     folder = model_folder(name_or_path)
+    table = _embedding_tensor(folder)
+    if table is not None:
+        return table
     try:
         lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
     except OSError as e:  # a tokenizer-only folder, or weights missing
@@ -436,11 +441,36 @@ def pretrained_token_vectors(name_or_path: str) -> torch.Tensor:
     return lm.get_input_embeddings().weight.detach().clone()
 
 
+def _embedding_tensor(folder: Path) -> torch.Tensor | None:
+    """The input-embedding table read alone from a model folder's safetensors (a plugin loads in a
+    second instead of building the whole model: 10 s for Gemma-3), or None to load the model."""
+    from safetensors import safe_open
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+        with torch.device("meta"):  # the parameter's name, without allocating the model
+            skeleton = AutoModelForCausalLM.from_config(config)
+        embeddings = skeleton.get_input_embeddings().weight
+        name = next(n for n, p in skeleton.named_parameters() if p is embeddings)
+        files = [folder / "model.safetensors"]
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            files = [folder / json.loads(index.read_text())["weight_map"][name]]
+        for file in files:
+            with safe_open(str(file), framework="pt") as f:
+                if name in f.keys():
+                    table = f.get_tensor(name).to(torch.float32)
+                    return table if tuple(table.shape) == tuple(embeddings.shape) else None
+    except Exception:  # noqa: BLE001 -- any surprise (other layouts, prefixes): load the whole model instead
+        return None
+    return None
+
+
 def table_fingerprint(table: torch.Tensor) -> str:
     """sha256 of a token-vector table's float32 values (shape included)."""
     values = table.detach().to(torch.float32).contiguous().cpu()
     digest = hashlib.sha256(repr(tuple(values.shape)).encode())
-    digest.update(values.numpy().tobytes())
+    digest.update(values.numpy().data)  # the buffer itself: tobytes() would copy 670 MB for Gemma's table
     return digest.hexdigest()
 
 
