@@ -234,3 +234,20 @@ def test_token_vectors_need_the_blackbox_tokenizer_and_a_model(tmp_path):
         Reweighter.build(ReweighterConfig(token_vectors_from=str(tmp_path / "none"), **SMALL), bb.vocab_size, bb.tokenizer)
     with pytest.raises(ValueError, match="not both"):
         ReweighterConfig(token_vectors_from="x", init_from="y")
+
+
+def test_token_vectors_are_read_alone_from_safetensors_or_else_from_the_whole_model(tmp_path):
+    from logitplug.reweighter.model import _embedding_tensor, pretrained_token_vectors
+
+    bb = tiny_blackbox()
+    table = bb.model.get_input_embeddings().weight.detach()
+    bb.model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")  # an index and several files
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    assert torch.equal(_embedding_tensor(tmp_path / "sharded"), table)
+    bb.model.save_pretrained(tmp_path / "single")
+    (tmp_path / "single" / "model.safetensors").rename(tmp_path / "single" / "other.safetensors")
+    assert _embedding_tensor(tmp_path / "single") is None  # an unexpected layout: the whole model is loaded
+    with pytest.raises(FileNotFoundError, match="no loadable model weights"):
+        pretrained_token_vectors(str(tmp_path / "single"))
+    bb.model.save_pretrained(tmp_path / "plain")
+    assert torch.equal(pretrained_token_vectors(str(tmp_path / "plain")), table)
