@@ -103,6 +103,27 @@ def test_grid_runs_every_method_writes_table_and_plot_and_resumes(tiny_dir, tmp_
     assert "3 to run" in capsys.readouterr().out
 
 
+def test_a_cell_finished_meanwhile_by_another_run_is_not_redone(tiny_dir, tmp_path, capsys):
+    from logitplug.bench.runner import cell_path
+
+    cfg = parse_config(_raw(tiny_dir, tmp_path / "out", methods=["icl-1"], seeds=[0, 1, 2]))
+    icl = cfg.methods[0]
+    path = {seed: cell_path(cfg, "commongen", str(tiny_dir), "icl-1", seed, None) for seed in (0, 1, 2)}
+    real_run, runs = icl.run, []
+
+    def run_and_race(ctx):  # while seed 1 runs, a second process finishes seed 2
+        runs.append(ctx.seed)
+        if ctx.seed == 1:
+            record = json.loads(path[0].read_text())
+            path[2].write_text(json.dumps({**record, "seed": 2, "wall_seconds": 123.0}))
+        return real_run(ctx)
+
+    object.__setattr__(icl, "run", run_and_race)
+    run_bench(cfg, progress=False)
+    assert runs == [0, 1] and "seed 2: finished meanwhile by another run; skipped" in capsys.readouterr().out
+    assert json.loads(path[2].read_text())["wall_seconds"] == 123.0  # the other run's record is kept
+
+
 def test_grid_search_picks_the_lowest_validation_loss(tiny_dir, tmp_path):
     raw = _raw(tiny_dir, tmp_path / "out", methods=["plugin"], seeds=[0], grid={"lr": [1e-6, 3e-3]})
     run_bench(parse_config(raw), progress=False)

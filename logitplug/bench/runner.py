@@ -385,7 +385,12 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
     bar = tqdm(todo, desc="cells", disable=not progress, dynamic_ncols=True, position=0)
     for task, bb_name, method, seed, size in bar:
         shown = f" | n={size}" if cfg.sweep and cfg.per_size(method) else ""
-        bar.set_description(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {seed if seed is not None else '-'}{shown}")
+        label = f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {seed if seed is not None else '-'}{shown}"
+        bar.set_description(label)
+        path = cell_path(cfg, task, bb_name, method.name, seed, size if cfg.per_size(method) else None)
+        if current_cell(path, settings_key(cfg, method, task)) is not None:  # e.g. by a second run on other --methods
+            tqdm.write(f"{label}: finished meanwhile by another run; skipped")
+            continue
         if (task, size) not in task_data:
             task_data[(task, size)] = prepare_task(cfg, task, size)
         if bb_name not in blackboxes:
@@ -414,8 +419,8 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             "generations": [{"input": ex.input, "output": o} for ex, o in zip(data.test, result.outputs)],
         }
         record["sweep_size"] = size if cfg.sweep and cfg.per_size(method) else None
-        atomic_write_json(cell_path(cfg, task, bb_name, method.name, seed, size if cfg.per_size(method) else None), record, indent=2, default=str)
-        tqdm.write(f"{task} | {blackbox_label(bb_name)} | {method.name} | seed {'-' if seed is None else seed}{shown}: "
+        atomic_write_json(path, record, indent=2, default=str)
+        tqdm.write(f"{label}: "
                    + ", ".join(f"{k} {v:.2f}" for k, v in record["scores"].items()) + f" ({seconds:.0f} s)")
     bar.close()
     return write_report(report or cfg)
