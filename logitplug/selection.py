@@ -60,11 +60,23 @@ class TextMetricsScorer:
         self.blackbox, self.rule, self.generation, self.metrics = blackbox, rule, generation, metrics
         self.prompts, self.inputs, self.references = prompts, inputs, references
         self.last_outputs: list[str] = []
+        self.last_outputs_many: list[list[str]] = []
 
     def __call__(self, reweighter: Reweighter | None, with_rule: CombinationRule | None = None) -> dict[str, float]:
         decoder = Decoder(self.blackbox, reweighter, with_rule or self.rule, self.generation)
         self.last_outputs = [g.text for g in decoder.generate_ids(self.prompts)]
-        return {m: s.score for m, s in evaluate(self.last_outputs, self.references, self.metrics).items()}
+        return self._scores(self.last_outputs)
+
+    def many(self, reweighter: Reweighter | None, rules: Sequence[CombinationRule],
+             progress: bool = False) -> list[dict[str, float]]:
+        """The scores under each of ``rules``, as one call per rule would give, decoding the prompts
+        once per batch and forking (``Decoder.generate_ids_many``); ``last_outputs_many`` keeps the texts."""
+        decoder = Decoder(self.blackbox, reweighter, self.rule, self.generation)
+        self.last_outputs_many = [[g.text for g in out] for out in decoder.generate_ids_many(self.prompts, rules, progress)]
+        return [self._scores(outputs) for outputs in self.last_outputs_many]
+
+    def _scores(self, outputs: list[str]) -> dict[str, float]:
+        return {m: s.score for m, s in evaluate(outputs, self.references, self.metrics).items()}
 
 
 def text_metric_selector(

@@ -671,11 +671,17 @@ def _choose_strength(folder: Path, blackbox: BlackBox, rule, config: TrainConfig
     model = Reweighter.from_pretrained(folder, blackbox.fingerprint).eval()
     scores: dict[float, dict[str, float]] = {}
     outputs: dict[str, list[str]] = {}
-    for a in tqdm(candidates, desc=f"strength by held-out {config.strength_by}", disable=not config.progress):
-        got = score(model, _at_strength(rule, a))
-        scores[a] = {k: float(v) for k, v in got.items()} if isinstance(got, dict) else {config.strength_by: float(got)}
-        if getattr(score, "last_outputs", None):
-            outputs[f"{a:g}"] = list(score.last_outputs)  # type: ignore[attr-defined]
+    if hasattr(score, "many"):  # every strength from one pass of the prompts (the same text as one decode each)
+        logger.info("decoding %d held-out inputs at strengths %s", len(score.prompts), ", ".join(f"{a:g}" for a in candidates))
+        for a, got, texts in zip(candidates, score.many(model, [_at_strength(rule, a) for a in candidates], config.progress),
+                                 score.last_outputs_many):
+            scores[a], outputs[f"{a:g}"] = {k: float(v) for k, v in got.items()}, texts
+    else:
+        for a in tqdm(candidates, desc=f"strength by held-out {config.strength_by}", disable=not config.progress):
+            got = score(model, _at_strength(rule, a))
+            scores[a] = {k: float(v) for k, v in got.items()} if isinstance(got, dict) else {config.strength_by: float(got)}
+            if getattr(score, "last_outputs", None):
+                outputs[f"{a:g}"] = list(score.last_outputs)  # type: ignore[attr-defined]
     if outputs:  # the held-out text behind the choice, for re-examining it (e.g. by bootstrap) without decoding
         (folder / STRENGTH_OUTPUTS_NAME).write_text(json.dumps(
             {"inputs": score.inputs, "references": score.references, "outputs": outputs},  # type: ignore[attr-defined]
