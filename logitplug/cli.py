@@ -119,7 +119,8 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
 def _own_token_vectors(bb: Any) -> Any:
     """A local black box's input embeddings: what a plugin trained on its token vectors reads when the
     model folder it recorded has moved (the plugin checks they are the same table)."""
-    embeddings = getattr(getattr(bb, "model", None), "get_input_embeddings", lambda: None)()
+    model = getattr(bb, "model", None) or getattr(getattr(bb, "inner", None), "model", None)  # @topK wraps one
+    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
     return None if embeddings is None else embeddings.weight
 
 
