@@ -673,8 +673,8 @@ def _choose_strength(folder: Path, blackbox: BlackBox, rule, config: TrainConfig
     outputs: dict[str, list[str]] = {}
     if hasattr(score, "many"):  # every strength from one pass of the prompts (the same text as one decode each)
         logger.info("decoding %d held-out inputs at strengths %s", len(score.prompts), ", ".join(f"{a:g}" for a in candidates))
-        for a, got, texts in zip(candidates, score.many(model, [_at_strength(rule, a) for a in candidates], config.progress),
-                                 score.last_outputs_many):
+        got_all = score.many(model, [_at_strength(rule, a) for a in candidates], config.progress)
+        for a, got, texts in zip(candidates, got_all, score.last_outputs_many):  # texts kept by the call above
             scores[a], outputs[f"{a:g}"] = {k: float(v) for k, v in got.items()}, texts
     else:
         for a in tqdm(candidates, desc=f"strength by held-out {config.strength_by}", disable=not config.progress):
