@@ -126,24 +126,18 @@ def _own_token_vectors(bb: Any) -> Any:
 
 def _token_vectors_obstacle(blackbox: str, tokenizer: str | None, tcfg: Any, rcfg: Any) -> tuple[bool, str] | None:
     """Why a second reweighter on the black box's token vectors cannot be tried here, or None.
-    (True, why): the user's own settings rule it out (the reweighter's vectors or a strength by loss);
-    (False, why): the black box's embeddings are not at hand (an endpoint's --tokenizer names no model
-    with weights, a .gguf file). An explicit --try-token-vectors fails on either; the recipe's choice
-    steps aside, saying so only in the second case, which the user may not expect."""
-    from .blackbox import REGISTRY
-    from .blackbox.registry import names_a_model, token_vector_source
+    (True, why): the user's own settings rule it out; (False, why): the black box's embeddings are
+    not at hand. An explicit --try-token-vectors fails on either; the recipe's choice steps aside,
+    saying so only in the second case, which the user may not expect."""
+    from .blackbox.registry import missing_token_vectors
+    from .train import token_vector_conflict
 
-    if rcfg.token_vectors_from or rcfg.init_from:
-        return True, ("--try-token-vectors compares the reweighter you configure with one on the black box's token "
-                      "vectors; drop --token-vectors-from / --init-from")
-    if tcfg.strength_by == "loss":
-        return True, ("--try-token-vectors compares held-out text: give --strength-by a text metric or a mix "
-                      "(the default recipe's is BLEU+METEOR+ROUGE-L+CIDEr)")
-    source = token_vector_source(blackbox, tokenizer)
-    if not source or not names_a_model(source):
-        return False, (f"--try-token-vectors needs the black box's pretrained token embeddings: {source!r} is neither "
-                       f"a registered name ({', '.join(sorted(REGISTRY))}) nor a folder holding a model"
-                       + (" (for an endpoint, --tokenizer must name one)" if _is_endpoint(blackbox) else ""))
+    conflict = token_vector_conflict(rcfg, tcfg.strength_by)
+    if conflict is not None:
+        return True, f"--try-token-vectors: {conflict} (the options: --token-vectors-from, --init-from, --strength-by)"
+    missing = missing_token_vectors(blackbox, tokenizer)
+    if missing is not None:
+        return False, f"--try-token-vectors needs the black box's pretrained token embeddings: {missing}"
     return None
 
 

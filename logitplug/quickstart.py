@@ -19,7 +19,7 @@ from typing import Sequence
 
 from ._io import stable_key
 from .blackbox import load_blackbox
-from .blackbox.registry import names_a_model, token_vector_source
+from .blackbox.registry import missing_token_vectors, token_vector_source
 from .combine import BlackBoxOnly
 from .data import TEMPLATES, Example, e2e_paper_splits, encode_prompt
 from .decode import Decoder, GenerationConfig
@@ -27,7 +27,7 @@ from .eval import evaluate, parse_mr, slot_error_rate
 from .recipes import DEFAULT_RECIPE, get_recipe
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
 from .selection import fix_demonstrations, held_out_scorers
-from .train import CHOICE_NAME, TrainConfig, plugin_finished, train, train_and_choose, trained_rule
+from .train import CHOICE_NAME, TrainConfig, plugin_finished, token_vector_conflict, train, train_and_choose, trained_rule
 
 
 def _sample_by_input(rows: Sequence[Example], n: int, seed: int) -> list[Example]:
@@ -78,15 +78,16 @@ def run_quickstart(
     else:
         scorers = held_out_scorers(tcfg, bb, prompted, eval_set, gcfg)  # the recipe's strength choice, if any
         rcfg = ReweighterConfig(**chosen.reweighter)
-        source = token_vector_source(blackbox_name)
-        if chosen.try_token_vectors and names_a_model(source):  # a second plugin on the black box's own token vectors
-            candidates = {"default": rcfg, "token-vectors": replace(rcfg, token_vectors_from=source)}
+        obstacle = token_vector_conflict(rcfg, tcfg.strength_by) or missing_token_vectors(blackbox_name)
+        if chosen.try_token_vectors and obstacle is None:  # a second plugin on the black box's own token vectors
+            candidates = {"default": rcfg,
+                          "token-vectors": replace(rcfg, token_vectors_from=token_vector_source(blackbox_name))}
             result, choice = train_and_choose(bb, train_set, eval_set, prompted, tcfg, candidates, **scorers)
             print(f"kept the {choice['chosen']} reweighter (held-out text mix: "
                   + ", ".join(f"{n} {m:.3f}" for n, m in choice["held_out_mix"].items()) + ")")
         else:
             if chosen.try_token_vectors:
-                print(f"training one reweighter: {blackbox_name!r} holds no token embeddings to try as a second")
+                print(f"training one reweighter (no second one on the black box's token vectors: {obstacle})")
             result = train(bb, train_set, eval_set, prompted, tcfg, rcfg, **scorers)
         print(f"held-out loss per token: plugin {result.best_loss:.3f}, black box alone {result.blackbox_loss:.3f}")
     t_trained = time.perf_counter()

@@ -732,6 +732,21 @@ def trained_rule(plugin_dir: str | Path, eos_token_id: int | None = None):
     return TrainConfig(output_dir="-", **{k: v for k, v in saved.items() if k in known}).combination(eos_token_id)
 
 
+def token_vector_conflict(reweighter: dict[str, Any] | ReweighterConfig, strength_by: str) -> str | None:
+    """Why these settings rule out also training a reweighter on the black box's own token vectors
+    and keeping the better one, or None. The configured reweighter already picking its vectors (or
+    its start) leaves nothing to compare; a strength chosen by loss leaves no held-out text to
+    compare by. (Whether the black box's vectors can be read at all: ``missing_token_vectors``.)"""
+    settings = asdict(reweighter) if isinstance(reweighter, ReweighterConfig) else reweighter
+    if settings.get("token_vectors_from") or settings.get("init_from"):
+        return ("the configured reweighter already picks its token vectors or its start (token_vectors_from / "
+                "init_from): there is no second reweighter to compare it with")
+    if strength_by == "loss":
+        return ("choosing between reweighters compares their held-out text: set strength_by to a text metric or a "
+                "mix (the default recipe's is BLEU+METEOR+ROUGE-L+CIDEr), not 'loss'")
+    return None
+
+
 CANDIDATES_DIR = "candidates"
 CHOICE_NAME = "choice.json"
 
@@ -758,8 +773,7 @@ def train_and_choose(
     from .selection import choose_plugin
 
     if config.strength_by == "loss":
-        raise ValueError("choosing between reweighters compares their held-out text: set strength_by to a text "
-                         "metric or a mix (the default recipe's 'BLEU+METEOR+ROUGE-L+CIDEr')")
+        raise ValueError(token_vector_conflict({}, "loss"))
     if not candidates:
         raise ValueError("train_and_choose needs at least one candidate reweighter")
     out = Path(config.output_dir)

@@ -158,3 +158,18 @@ def test_token_vector_source_names_the_model_behind_a_black_box():
     assert token_vector_source("/models/x") == "/models/x"
     assert token_vector_source("chat+http://127.0.0.1:9/v1@top5", "smollm2-135m") == "smollm2-135m"
     assert token_vector_source("https://api.example.com/v1") == ""  # an endpoint without --tokenizer
+
+
+def test_missing_token_vectors_says_why_only_when_no_model_holds_them(tmp_path):
+    from logitplug.blackbox.registry import missing_token_vectors
+
+    assert missing_token_vectors("chat+smollm2-135m@top20") is None  # a registered name
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert missing_token_vectors(str(tmp_path / "model")) is None
+    assert "neither a registered name" in missing_token_vectors(str(tmp_path / "x.gguf"))
+    tokenizer_only = tmp_path / "tok"
+    tokenizer_only.mkdir()
+    why = missing_token_vectors("http://127.0.0.1:9/v1", str(tokenizer_only))
+    assert str(tokenizer_only) in why and "for an endpoint" in why
+    assert missing_token_vectors("http://127.0.0.1:9/v1", "smollm2-135m") is None

@@ -409,3 +409,12 @@ def test_training_over_the_supports_head_rows_matches_training_over_the_whole_vo
         assert a["eval_accuracy_by_alpha"] == b["eval_accuracy_by_alpha"]
     w_s, w_d = load_file(str(sparse.plugin_dir / "model.safetensors")), load_file(str(dense.plugin_dir / "model.safetensors"))
     assert all(torch.allclose(w_s[k], w_d[k], atol=1e-4) for k in w_d)
+
+
+def test_token_vector_conflict_names_settings_that_leave_nothing_to_compare():
+    from logitplug.train import token_vector_conflict
+
+    assert token_vector_conflict(ReweighterConfig(), "BLEU+ROUGE-L") is None
+    assert "token_vectors_from" in token_vector_conflict({"token_vectors_from": "smollm2-135m"}, "BLEU")
+    assert "init_from" in token_vector_conflict(ReweighterConfig(init_from="/x"), "BLEU")
+    assert "strength_by" in token_vector_conflict({}, "loss")

@@ -29,7 +29,7 @@ from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import WEIGHTS_NAME, LogitDifference, Reweighter, ReweighterConfig, read_sidecar
 from ..selection import choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers
-from ..train import TrainConfig, choose_strength, plugin_finished, train, trained_rule
+from ..train import TrainConfig, choose_strength, plugin_finished, token_vector_conflict, train, trained_rule
 
 
 @dataclass
@@ -304,8 +304,7 @@ class TrainedCombination(Method):
         # chooses its strength by loss (then there is no held-out text to compare)
         self.tries_token_vectors = bool(
             alternatives is None and rule == "product" and self.recipe is not None and self.recipe.try_token_vectors
-            and not {"token_vectors_from", "init_from"} & {k for k, v in self.reweighter_overrides.items() if v}
-            and self.train_overrides.get("strength_by", "loss") != "loss")
+            and token_vector_conflict(self.reweighter_overrides, self.train_overrides.get("strength_by", "loss")) is None)
 
     def recipe_settings(self) -> dict[str, Any] | None:
         settings = super().recipe_settings()
@@ -327,13 +326,13 @@ class TrainedCombination(Method):
         reweighter, info = train_reweighter(ctx, overrides, self.reweighter_overrides)
         alternatives, skipped = self.alternatives, None
         if self.tries_token_vectors:
-            from ..blackbox.registry import names_a_model, token_vector_source
+            from ..blackbox.registry import missing_token_vectors, token_vector_source
 
-            source = token_vector_source(ctx.blackbox_name)
-            if names_a_model(source):
-                alternatives = [{"token_vectors_from": source}]
+            missing = missing_token_vectors(ctx.blackbox_name)
+            if missing is None:
+                alternatives = [{"token_vectors_from": token_vector_source(ctx.blackbox_name)}]
             else:  # e.g. a .gguf black box: no embedding table to read, so the configured reweighter alone
-                skipped = f"the recipe's token-vector alternative skipped: {source!r} names no model with weights"
+                skipped = f"the recipe's token-vector alternative skipped: {missing}"
         if alternatives:
             trained = [(reweighter, info)] + [train_reweighter(ctx, overrides, {**self.reweighter_overrides, **alt})
                                               for alt in alternatives]

@@ -148,6 +148,18 @@ def token_vector_source(blackbox: str, tokenizer: str | None = None) -> str:
     return split_topk(name)[0]
 
 
+def missing_token_vectors(blackbox: str, tokenizer: str | None = None) -> str | None:
+    """Why the black box's pretrained token embeddings cannot be read here (a .gguf file, an
+    endpoint whose tokenizer names no model with weights), or None when ``token_vector_source``
+    names them."""
+    source = token_vector_source(blackbox, tokenizer)
+    if names_a_model(source):
+        return None
+    endpoint = blackbox.removeprefix("chat+").startswith(("http://", "https://"))
+    return (f"{source!r} is neither a registered name ({', '.join(sorted(REGISTRY))}) nor a folder holding a model"
+            + (" (for an endpoint, the tokenizer must name one)" if endpoint else ""))
+
+
 def model_folder(name_or_path: str) -> Path:
     """The local folder of a registered black box (converted on first use), or the path given."""
     return ensure_converted(name_or_path) if name_or_path in REGISTRY else Path(name_or_path)
