@@ -126,14 +126,16 @@ class _Combined:
         """What ``start`` computes for this rule: the reweighter's state at all, and in hidden-state form."""
         return self.rw is not None, self.sparse
 
-    def fork(self, rule: CombinationRule) -> "_Combined":
+    def fork(self, rule: CombinationRule, copy_state: bool = True) -> "_Combined":
         """An independent copy of this started pair, to be decoded through ``rule`` (of the same
-        ``mode``): decoding under several rules runs the prompts through both models once."""
+        ``mode``): decoding under several rules runs the prompts through both models once.
+        ``copy_state=False`` hands this pair's state over instead (its last use: no copy needed)."""
         other = copy.copy(self)
         other.rule = rule
-        other.bb_state = copy.deepcopy(self.bb_state)
-        if self.rw is not None:
-            other.rw_state = copy.deepcopy(self.rw_state)
+        if copy_state:
+            other.bb_state = copy.deepcopy(self.bb_state)
+            if self.rw is not None:
+                other.rw_state = copy.deepcopy(self.rw_state)
         return other
 
     def scores(self, seen: torch.Tensor) -> torch.Tensor:
@@ -239,11 +241,13 @@ class Decoder:
             groups.setdefault(pair.mode(), []).append(j)
         results: list[list[Generation | None]] = [[None] * len(prompts) for _ in rules]
         for idx, chunk in self._batches(prompts, progress):
+            padded = _left_pad(chunk, self.pad_id)
             for members in groups.values():
                 started = pairs[members[0]]
-                started.start(*_left_pad(chunk, self.pad_id))
-                for j in members:
-                    for i, g in zip(idx, self._greedy_or_sample(chunk, None, started.fork(rules[j]))):
+                started.start(*padded)
+                for n, j in enumerate(members):  # the last rule decodes from the started state itself
+                    pair = started.fork(rules[j], copy_state=n < len(members) - 1)
+                    for i, g in zip(idx, self._greedy_or_sample(chunk, None, pair, padded)):
                         results[j][i] = g
         return results  # type: ignore[return-value]
 
@@ -304,10 +308,11 @@ class Decoder:
 
     @torch.no_grad()
     def _greedy_or_sample(self, chunk: list[list[int]], gen: torch.Generator | None,
-                          combined: _Combined | None = None) -> list[Generation]:
-        """``combined``: a pair already started on ``chunk`` (see ``generate_ids_many``)."""
+                          combined: _Combined | None = None,
+                          padded: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Generation]:
+        """``combined``: a pair already started on ``padded`` (``chunk`` left-padded; see ``generate_ids_many``)."""
         cfg = self.config
-        ids, mask = _left_pad(chunk, self.pad_id)
+        ids, mask = padded if padded is not None else _left_pad(chunk, self.pad_id)
         if combined is None:
             combined = _Combined(self.blackbox, self.reweighter, self.rule, cfg.repetition_penalty)
             combined.start(ids, mask)
