@@ -25,6 +25,7 @@ from logitplug.bench.runner import blackbox_label  # noqa: E402
 # proxy-tuning, the plugin (default recipe, then the paper's), the white-box ceiling
 METHODS = ("zero-shot,icl-1,icl-3,small,mixture-0.25,mixture-0.5,mixture-0.75,proxy-tuning,plugin,plugin-paper,lora")
 BLACK_BOX_ONLY = {"zero-shot", "icl-1", "icl-3"}
+REUSED_BELOW_S = 30.0  # recorded training seconds below which a cell's model came from an earlier run
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float | None]:
@@ -54,7 +55,10 @@ def main() -> None:
                 metrics = [m for m in METRICS if m in next(iter(rows[args.plugin].values()))["scores"]]
                 summary = {name: {"seeds": sorted(s for s in cells if s is not None),
                                   "scores": {m: _mean_sd([c["scores"][m] for c in cells.values()]) for m in metrics},
-                                  "wall_seconds": statistics.fmean(c.get("wall_seconds", 0.0) for c in cells.values())}
+                                  "wall_seconds": statistics.fmean(c.get("wall_seconds", 0.0) for c in cells.values()),
+                                  # a cell that found its model trained by an earlier run records ~0 s of training
+                                  "reused_model": any((c.get("info") or {}).get("seconds", {}).get("train", 1e9) < REUSED_BELOW_S
+                                                      for c in cells.values())}
                            for name, cells in rows.items()}
                 # the best of each metric among everything but the white-box ceiling, in bold
                 rivals = [n for n in summary if n != "lora"]
@@ -75,10 +79,15 @@ def main() -> None:
                         shown.append(f"**{text}**" if name != "lora" and round(mean, 2) == round(best[m], 2) else text)
                     label = {args.plugin: f"{name} (default recipe)", "lora": "lora (white-box ceiling)"}.get(name, name)
                     seeds = ",".join(map(str, row["seeds"])) or "—"
-                    lines.append(f"| {label} | {seeds} | " + " | ".join(shown) + f" | {row['wall_seconds']:,.0f} |")
+                    wall = f"{row['wall_seconds']:,.0f}" + (" †" if row["reused_model"] else "")
+                    lines.append(f"| {label} | {seeds} | " + " | ".join(shown) + f" | {wall} |")
+                if any(r["reused_model"] for r in summary.values()):
+                    lines += ["", "† a cell reused a model an earlier run had trained with the same settings: its time "
+                              "is the prompt and test decoding only, not training"]
                 lines.append("")
                 data.append({"config": str(path), "task": task, "blackbox": bb, "metrics": metrics,
                              "methods": {n: {"seeds": r["seeds"], "wall_seconds": r["wall_seconds"],
+                                             "reused_model": r["reused_model"],
                                              "mean": {m: v[0] for m, v in r["scores"].items()},
                                              "sd": {m: v[1] for m, v in r["scores"].items()}}
                                          for n, r in summary.items()},
