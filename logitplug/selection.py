@@ -11,6 +11,7 @@ of the kept plugin, by one metric or a mix.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -166,6 +167,18 @@ def fix_demonstrations(
     return template.with_demonstrations(demos), rest, info
 
 
+STRENGTH_OUTPUTS_NAME = "strength_outputs.json"  # a plugin's held-out texts decoded at each candidate strength
+
+
+def _held_out_inputs(folder: str | Path) -> tuple[list, list] | None:
+    """The held-out inputs and references a plugin's strength choice decoded (None: not recorded)."""
+    path = Path(folder) / STRENGTH_OUTPUTS_NAME
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record.get("inputs"), record.get("references")
+
+
 def choose_plugin(folders: Sequence[str | Path], margin: float = 0.02) -> tuple[int, list[float]]:
     """Which of several trained plugins writes the best held-out text: (index, each one's mix).
 
@@ -177,6 +190,11 @@ def choose_plugin(folders: Sequence[str | Path], margin: float = 0.02) -> tuple[
     if not folders:
         raise ValueError("choose_plugin needs at least one plugin folder")
     held = [held_out_text_scores(folder) for folder in folders]
+    recorded = [(f, r) for f in folders if (r := _held_out_inputs(f)) is not None]
+    for folder, record in recorded[1:]:  # scores on different inputs would not compare
+        if record != recorded[0][1]:
+            raise ValueError(f"{folder} chose its strength on other held-out inputs than {recorded[0][0]}: their "
+                             "held-out scores do not compare; train both on the same held-out rows")
     shared = [m for m in held[0] if all(m in h for h in held)]
     if not shared:
         raise ValueError(f"the plugins {[str(f) for f in folders]} share no held-out text metric to compare them by")

@@ -30,12 +30,12 @@ from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, 
 from .data.augment import augment_copied_names
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
 from .reweighter.model import SIDECAR_NAME, WEIGHTS_NAME, token_evidence
+from .selection import STRENGTH_OUTPUTS_NAME
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
-STRENGTH_OUTPUTS_NAME = "strength_outputs.json"  # held-out texts decoded at each candidate strength
 STATE_NAME = "trainer_state.json"
 
 

@@ -116,3 +116,12 @@ def test_choose_plugin_keeps_the_default_unless_another_clearly_writes_better(tm
     (unchosen / "logitplug.json").write_text(json.dumps({"train_config": {"alpha": 1.0}}))
     with pytest.raises(ValueError, match="no strength choice by held-out text"):
         choose_plugin([default, unchosen])
+    # strengths chosen on different held-out inputs: the scores do not compare
+    from logitplug.selection import STRENGTH_OUTPUTS_NAME
+
+    for folder, inputs in ((default, ["a", "b"]), (better, ["a", "c"])):
+        (folder / STRENGTH_OUTPUTS_NAME).write_text(json.dumps({"inputs": inputs, "references": [["x"], ["y"]]}))
+    with pytest.raises(ValueError, match="other held-out inputs"):
+        choose_plugin([default, better])
+    (better / STRENGTH_OUTPUTS_NAME).write_text(json.dumps({"inputs": ["a", "b"], "references": [["x"], ["y"]]}))
+    assert choose_plugin([default, better])[0] == 1
