@@ -330,8 +330,9 @@ def prepare_task(cfg: BenchConfig, task: str, train_rows: int | None = None) -> 
         # whole inputs with all their references: a text metric on validation then sees every
         # reference, as on test (a cut by rows leaves multi-reference tasks 1-2 per input)
         grouped = group_by_input(splits["validation"])
-        kept = cut(grouped, cfg.data["validation_inputs"], 2)
-        rest = shuffled(grouped, 2)[len(kept):]  # kept is this order's prefix (or all of it)
+        order, wanted = shuffled(grouped, 2), cfg.data["validation_inputs"]
+        kept = grouped if wanted >= len(grouped) else order[:wanted]  # as cut(): all of it keeps the split's order
+        rest = order[len(kept):]
         validation = [Example(ex.input, ref) for ex in kept for ref in ex.references]
         choice_pool = validation + [Example(ex.input, ref) for ex in rest for ref in ex.references]
     else:
