@@ -12,6 +12,11 @@ METRICS = ["BLEU", "METEOR", "ROUGE-L", "CIDEr", "SER"]
 LOWER_IS_BETTER = {"SER"}
 
 
+def beats(metric: str, a: float, b: float) -> bool:
+    """Whether score ``a`` is better than ``b`` on ``metric`` (lower is better for error rates)."""
+    return a < b if metric in LOWER_IS_BETTER else a > b
+
+
 def save(name: str, data: Any, intro: str, table: str) -> None:
     """Print ``table`` and write ``data`` as JSON and ``intro`` + the exact command + ``table`` as Markdown."""
     print(table)

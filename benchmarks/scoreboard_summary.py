@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import LOWER_IS_BETTER, METRICS, finished_cells, save  # noqa: E402
+from _results import LOWER_IS_BETTER, METRICS, beats, finished_cells, save  # noqa: E402
 
 from logitplug.bench import load_config  # noqa: E402
 from logitplug.bench.runner import blackbox_label  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
                 cells, entry = [], {}
                 for m in metrics:
                     diffs = [p[m] - o[m] for p, o in pairs]
-                    wins = sum((d < 0) if m in LOWER_IS_BETTER else (d > 0) for d in diffs)
+                    wins = sum(beats(m, p[m], o[m]) for p, o in pairs)
                     entry[m] = {"wins": wins, "compared": len(pairs), "mean_difference": statistics.fmean(diffs)}
                     cells.append(f"{wins}/{len(pairs)} ({statistics.fmean(diffs):+.2f})")
                 row["against"][name] = entry

@@ -2,8 +2,7 @@
 mean ± standard deviation over finished seeds of the four text metrics (and E2E's slot error rate),
 the seeds behind each row and the wall-clock per cell. Reads the finished cells of one or more
 bench configs (cells made with settings other than a config's now are left out; a method a config
-lacks or has not run is left out) and writes benchmarks/results/standing.{json,md}, the table at
-the head of BENCHMARKS.md.
+lacks or has not run is left out) and writes benchmarks/results/standing.{json,md}.
 
     python benchmarks/standing.py benchmarks/scoreboard.yaml benchmarks/e2e-gemma3.yaml
 """
@@ -16,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import LOWER_IS_BETTER, METRICS, finished_cells, save  # noqa: E402
+from _results import LOWER_IS_BETTER, METRICS, beats, finished_cells, save  # noqa: E402
 
 from logitplug.bench import load_config  # noqa: E402
 from logitplug.bench.runner import blackbox_label  # noqa: E402
@@ -93,9 +92,7 @@ def main() -> None:
                                          for n, r in summary.items()},
                              "best_short_of_ceiling": best,
                              "plugin_leads_black_box_only": {
-                                 m: all((summary[args.plugin]["scores"][m][0] < summary[n]["scores"][m][0])
-                                        if m in LOWER_IS_BETTER else
-                                        (summary[args.plugin]["scores"][m][0] > summary[n]["scores"][m][0])
+                                 m: all(beats(m, summary[args.plugin]["scores"][m][0], summary[n]["scores"][m][0])
                                         for n in summary if n in BLACK_BOX_ONLY) for m in metrics}})
     intro = ("# Where every method stands\n\n"
              "Issue 4's methods on every task, from the finished cells of the configs below (each cell: same "

@@ -30,7 +30,7 @@ from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, 
 from .data.augment import augment_copied_names
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
 from .reweighter.model import SIDECAR_NAME, WEIGHTS_NAME, token_evidence
-from .selection import STRENGTH_OUTPUTS_NAME
+from .selection import STRENGTH_OUTPUTS_NAME, choose_plugin
 
 logger = logging.getLogger(__name__)
 
@@ -770,8 +770,6 @@ def train_and_choose(
     the chosen one is copied into ``output_dir`` itself, so ``generate --plugin output_dir`` works,
     with ``choice.json`` saying what was compared. The first candidate is the default, kept unless
     another beats its held-out mix by more than ``margin`` (``selection.choose_plugin``)."""
-    from .selection import choose_plugin
-
     if config.strength_by == "loss":
         raise ValueError(token_vector_conflict({}, "loss"))
     if not candidates:

@@ -142,10 +142,13 @@ def token_vector_source(blackbox: str, tokenizer: str | None = None) -> str:
     """Where a black box's pretrained token embeddings would be read from: the model behind a
     local black box's name (``chat+`` and ``@topK`` stripped), or an endpoint's ``tokenizer``
     (which names them only if it is a registered name or a model folder; see ``names_a_model``)."""
-    name = blackbox.removeprefix("chat+")
-    if name.startswith(("http://", "https://")):
+    if _names_endpoint(blackbox):
         return tokenizer or ""
-    return split_topk(name)[0]
+    return split_topk(blackbox.removeprefix("chat+"))[0]
+
+
+def _names_endpoint(blackbox: str) -> bool:
+    return blackbox.removeprefix("chat+").startswith(("http://", "https://"))
 
 
 def missing_token_vectors(blackbox: str, tokenizer: str | None = None) -> str | None:
@@ -155,9 +158,8 @@ def missing_token_vectors(blackbox: str, tokenizer: str | None = None) -> str | 
     source = token_vector_source(blackbox, tokenizer)
     if names_a_model(source):
         return None
-    endpoint = blackbox.removeprefix("chat+").startswith(("http://", "https://"))
     return (f"{source!r} is neither a registered name ({', '.join(sorted(REGISTRY))}) nor a folder holding a model"
-            + (" (for an endpoint, the tokenizer must name one)" if endpoint else ""))
+            + (" (for an endpoint, the tokenizer must name one)" if _names_endpoint(blackbox) else ""))
 
 
 def model_folder(name_or_path: str) -> Path:
