@@ -418,3 +418,15 @@ def test_token_vector_conflict_names_settings_that_leave_nothing_to_compare():
     assert "token_vectors_from" in token_vector_conflict({"token_vectors_from": "smollm2-135m"}, "BLEU")
     assert "init_from" in token_vector_conflict(ReweighterConfig(init_from="/x"), "BLEU")
     assert "strength_by" in token_vector_conflict({}, "loss")
+
+
+@pytest.mark.parametrize("dense_limit, kept_in_loop", [(10**9, True), (0, False)], ids=["small-vocab", "large-vocab"])
+def test_freed_memory_is_kept_only_in_the_loop_and_only_for_small_dense_steps(tmp_path, monkeypatch, dense_limit, kept_in_loop):
+    import importlib
+
+    train_module = importlib.import_module("logitplug.train")  # the package re-exports train() under the same name
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_memory_in_process", lambda keep=True: calls.append(keep))
+    monkeypatch.setattr(train_module, "DENSE_VOCAB_KEPT", dense_limit)
+    train(tiny_blackbox(), EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path, epochs=1), SMALL)
+    assert calls == [False, kept_in_loop, False]  # recording, training loop, after it
