@@ -2,9 +2,11 @@
 mean ± standard deviation over finished seeds of the four text metrics (and E2E's slot error rate),
 the seeds behind each row and the wall-clock per cell. Reads the finished cells of one or more
 bench configs (cells made with settings other than a config's now are left out; a method a config
-lacks or has not run is left out) and writes benchmarks/results/standing.{json,md}.
+lacks or has not run is left out) and writes benchmarks/results/standing.{json,md}; with --into, also
+replaces the tables between the standing markers of a Markdown file (BENCHMARKS.md's head), so the
+scoreboard there is never pasted by hand.
 
-    python benchmarks/standing.py benchmarks/scoreboard.yaml benchmarks/e2e-gemma3.yaml
+    python benchmarks/standing.py benchmarks/scoreboard.yaml benchmarks/e2e-gemma3.yaml --into BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from logitplug.bench.runner import blackbox_label  # noqa: E402
 # proxy-tuning, the plugin (default recipe, then the paper's), the white-box ceiling
 METHODS = ("zero-shot,icl-1,icl-3,small,mixture-0.25,mixture-0.5,mixture-0.75,proxy-tuning,plugin,plugin-paper,lora")
 BLACK_BOX_ONLY = {"zero-shot", "icl-1", "icl-3"}
+BEGIN, END = "<!-- standing: written by benchmarks/standing.py --into; do not edit by hand -->", "<!-- standing end -->"
 REUSED_BELOW_S = 30.0  # recorded training seconds below which a cell's model came from an earlier run
 
 
@@ -36,7 +39,10 @@ def main() -> None:
     ap.add_argument("configs", type=Path, nargs="+")
     ap.add_argument("--methods", default=METHODS, help="comma-separated method names, in table order")
     ap.add_argument("--plugin", default="plugin", help="the row marked as the product's default")
+    ap.add_argument("--into", type=Path, help="a Markdown file whose standing markers get the tables (one heading level down)")
     args = ap.parse_args()
+    if args.into:  # before any work: a file without the markers would only be found out at the end
+        _between_markers(args.into.read_text(encoding="utf-8"), args.into)
     wanted = args.methods.split(",")
     data, lines = [], []
     for path in args.configs:
@@ -100,6 +106,22 @@ def main() -> None:
              "column: an unseeded method (zero-shot). Per-seed comparisons of the plugin: "
              "`benchmarks/results/scoreboard-summary.md`.")
     save("standing", data, intro, "\n".join(lines))
+    if args.into:
+        text = args.into.read_text(encoding="utf-8")
+        head, tail = _between_markers(text, args.into)
+        tables = "\n".join("#" + line if line.startswith("## ") else line for line in lines).strip()
+        args.into.write_text(f"{head}{BEGIN}\n\nCommand: `python benchmarks/standing.py "
+                             f"{' '.join(map(str, args.configs))} --into {args.into}`\n\n{tables}\n\n{END}{tail}",
+                             encoding="utf-8")
+        print(f"tables written into {args.into}")
+
+
+def _between_markers(text: str, path: Path) -> tuple[str, str]:
+    """The text before the begin marker and from after the end marker on."""
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path} has no standing markers: put the lines\n{BEGIN}\n{END}\nwhere the tables go")
+    return text[:start], text[end + len(END):]
 
 
 if __name__ == "__main__":
