@@ -503,3 +503,12 @@ def test_a_recipe_that_tries_token_vectors_makes_its_plugin_cells_choose(tiny_di
     if choice["chosen"] == 1:  # the vectors plugin is the variant's, trained once
         assert cells["p"]["info"]["artifact"] == cells["v"]["info"]["artifact"]
     assert cells["p"]["settings_key"] == settings_key(cfg, cfg.methods[1], "commongen")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    """BENCHMARKS.md cites these configs' commands; a renamed method or setting must not break them unnoticed."""
+    from logitplug.bench.runner import load_config
+
+    cfg = load_config(path)
+    assert cfg.methods and cfg.tasks and cfg.blackboxes
