@@ -59,6 +59,8 @@ def _raw(tiny_dir, out, **kw):
     ({"data": {"validation_rows": 6, "validation_inputs": 3}}, "not both"),
     ({"methods": [{"name": "x", "method": "small", "alternatives": [{"gate": True}]}]}, "applies to plugin methods"),
     ({"methods": [{"name": "x", "method": "plugin", "alternatives": [{"gates": True}]}]}, r"unknown alternatives setting"),
+    ({"methods": [{"name": "x", "method": "plugin", "alternatives": [{"train": {"support": 0}}]}]}, r"unknown alternatives' train setting"),
+    ({"methods": [{"name": "x", "method": "plugin", "alternatives": [{"train": 0}]}]}, r"an alternative's 'train' is a mapping"),
 ])
 def test_bad_config_is_refused_before_any_work(tiny_dir, tmp_path, change, message):
     with pytest.raises(BenchConfigError, match=message):
@@ -404,23 +406,29 @@ def test_a_plugin_with_alternatives_keeps_the_reweighter_whose_held_out_text_win
     by_text = {"alpha_grid": [1.0], "strength_by": "BLEU+ROUGE-L", "strength_candidates": [0.0, 1.0], "select_inputs": 2}
     plain = {"name": "plain", "method": "plugin", "recipe": "paper", "train": by_text}
     gated = {"name": "gated", "method": "plugin", "recipe": "paper", "train": by_text, "reweighter": {"gate": True}}
-    raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[plain, gated],
+    decayed = {"name": "decayed", "method": "plugin", "recipe": "paper", "train": {**by_text, "weight_decay": 1.0}}
+    raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[plain, gated, decayed],
                data={"train_rows": 12, "validation_inputs": 2, "test_inputs": 3})
     run_bench(parse_config(raw), progress=False)
     trainings = []
     real_train = methods.train
     monkeypatch.setattr(methods, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
-    choose = {"name": "choose", "method": "plugin", "recipe": "paper", "train": by_text, "alternatives": [{"gate": True}]}
-    raw["methods"] = [plain, gated, choose]
+    # an alternative may bring its own training settings (here: weight decay) beside reweighter ones
+    choose = {"name": "choose", "method": "plugin", "recipe": "paper", "train": by_text,
+              "alternatives": [{"gate": True}, {"train": {"weight_decay": 1.0}}]}
+    raw["methods"] = [plain, gated, decayed, choose]
     run_bench(parse_config(raw), progress=False)
-    assert trainings == []  # both candidates are the variants' trained plugins
+    assert trainings == []  # every candidate is one of the variants' trained plugins
     cells = {m: json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / m / "seed0.json").read_text())
-             for m in ("plain", "gated", "choose")}
+             for m in ("plain", "gated", "decayed", "choose")}
+    assert len({cells[m]["info"]["artifact"] for m in ("plain", "gated", "decayed")}) == 3
     choice = cells["choose"]["info"]["reweighter_choice"]
-    kept = ["plain", "gated"][choice["chosen"]]
+    mixes = choice["held_out_mix"]
+    assert len(mixes) == 3
+    kept = ["plain", "gated", "decayed"][choice["chosen"]]
     assert cells["choose"]["info"]["artifact"] == cells[kept]["info"]["artifact"]
     assert cells["choose"]["generations"] == cells[kept]["generations"]
-    assert choice["chosen"] == 0 or choice["held_out_mix"][1] > choice["held_out_mix"][0] + 0.02
+    assert choice["chosen"] == 0 or mixes[choice["chosen"]] > mixes[0] + 0.02
 
 
 def test_model_keys_ignore_settings_left_at_their_defaults():

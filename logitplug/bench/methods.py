@@ -296,7 +296,8 @@ class TrainedCombination(Method):
         super().__init__(name, **kw)
         self.rule = rule
         self.mixture_weight = mixture_weight
-        # other reweighters (reweighter settings over the method's) trained beside it; the one whose
+        # other reweighters (reweighter settings over the method's, and a 'train' mapping over its training
+        # settings) trained beside it; the one whose
         # held-out text scores best decodes test (selection.choose_plugin, as `train --try-token-vectors`)
         self.alternatives = [dict(a) for a in alternatives or []]
         # without alternatives of its own (an empty list turns it off), a plugin whose recipe tries the
@@ -334,8 +335,10 @@ class TrainedCombination(Method):
             else:  # e.g. a .gguf black box: no embedding table to read, so the configured reweighter alone
                 skipped = f"the recipe's token-vector alternative skipped: {missing}"
         if alternatives:
-            trained = [(reweighter, info)] + [train_reweighter(ctx, overrides, {**self.reweighter_overrides, **alt})
-                                              for alt in alternatives]
+            trained = [(reweighter, info)] + [
+                train_reweighter(ctx, {**overrides, **(alt.get("train") or {})},
+                                 {**self.reweighter_overrides, **{k: v for k, v in alt.items() if k != "train"}})
+                for alt in alternatives]
             index, mixes = choose_plugin([i["artifact"] for _, i in trained])
             reweighter, info = trained[index]
             info = {**info, "reweighter_choice": {"chosen": index, "held_out_mix": mixes,
@@ -410,7 +413,8 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
     """A method from its name (``icl-3``, ``mixture-0.25``) or a dict ``{name, method, train,
     reweighter, lora, generation, chat, icl, recipe, alternatives}`` naming a variant of a base method
     with its own settings (``chat: true``: prompts through the task template's chat twin;
-    ``alternatives``: other reweighter settings trained beside a plugin, the best on held-out text kept). Plugin methods
+    ``alternatives``: other reweighter settings, each with its own ``train`` settings if given, trained beside a
+    plugin, the best on held-out text kept). Plugin methods
     start from ``recipe`` (default: ``default_recipe``); the paper's baselines from the paper's."""
     if isinstance(spec, str):
         spec = {"name": spec}
@@ -446,8 +450,12 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
                 if not isinstance(alternatives, list) or not all(isinstance(a, dict) for a in alternatives):
                     raise ValueError(f"method {spec['name']!r}: 'alternatives' is a list of reweighter settings, "
                                      f"e.g. [{{token_vectors_from: smollm2-135m}}]; got {alternatives!r}")
-                for alt in alternatives:
-                    _check_keys(spec["name"], "alternatives", alt, ReweighterConfig)
+                for alt in alternatives:  # reweighter settings, and under 'train' the candidate's own training settings
+                    _check_keys(spec["name"], "alternatives", {k: v for k, v in alt.items() if k != "train"}, ReweighterConfig)
+                    if alt.get("train") is not None and not isinstance(alt["train"], dict):
+                        raise ValueError(f"method {spec['name']!r}: an alternative's 'train' is a mapping of training "
+                                         f"settings, e.g. {{support_k: 0}}; got {alt['train']!r}")
+                    _check_keys(spec["name"], "alternatives' train", alt.get("train"), TrainConfig)
                 kw["alternatives"] = alternatives
             _check_keys(spec["name"], "generation", kw["generation"], GenerationConfig)
             _check_keys(spec["name"], "train", kw["train"], TrainConfig)
