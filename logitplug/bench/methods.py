@@ -297,8 +297,8 @@ class TrainedCombination(Method):
         self.rule = rule
         self.mixture_weight = mixture_weight
         # other reweighters (reweighter settings over the method's, and a 'train' mapping over its training
-        # settings) trained beside it; the one whose
-        # held-out text scores best decodes test (selection.choose_plugin, as `train --try-token-vectors`)
+        # settings) trained beside it; the one whose held-out text scores best decodes test
+        # (selection.choose_plugin, as `train --try-token-vectors`)
         self.alternatives = [dict(a) for a in alternatives or []]
         # without alternatives of its own (an empty list turns it off), a plugin whose recipe tries the
         # black box's token vectors does, unless the variant picks its reweighter's vectors itself or
