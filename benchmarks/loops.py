@@ -6,7 +6,7 @@ greedy text runs in circles where theirs does not, and (``--phrases``) how often
 catalogue's stock sentences. Writes benchmarks/results/loops-TASK.{json,md}.
 
     python benchmarks/loops.py benchmarks/scoreboard.yaml --task adidas \
-        --phrases "high-performance recycled materials|ambition to end plastic waste"
+        --phrases "high-performance recycled materials|recycled content as part of our ambition"
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ def main() -> None:
     phrases = [p for p in args.phrases.split("|") if p]
     bb = blackbox_label(cfg.blackboxes[0])
     rows, data = [], []
-    refs_words = None
     for method in cfg.methods:
         cells = finished_cells(cfg, args.task, bb, method)
         if not cells:
@@ -56,8 +55,6 @@ def main() -> None:
         per_seed = []
         for seed, cell in sorted(cells.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
             outs = [g["output"] for g in cell["generations"]]
-            if refs_words is None and cell["generations"] and "references" in cell["generations"][0]:
-                refs_words = statistics.mean(len(r.split()) for g in cell["generations"] for r in g["references"])
             per_seed.append({"seed": seed, "words": statistics.mean(len(o.split()) for o in outs),
                              "looping": statistics.mean(loops(o) for o in outs),
                              "phrases": statistics.mean(any(p in o for p in phrases) for o in outs) if phrases else None,
@@ -70,9 +67,7 @@ def main() -> None:
         phrase_cell = f" {100 * mean['phrases']:.0f}% |" if phrases else ""
         rows.append(f"| {method.name} | {len(per_seed)} | {mean['words']:.1f} | {100 * mean['looping']:.0f}% |{phrase_cell} {loss} | "
                     + " | ".join(f"{mean[m]:.2f}" for m in metrics) + " |")
-    refs = "" if refs_words is None else f" References average {refs_words:.1f} words."
-    if phrases:
-        refs += " Stock phrases counted: " + "; ".join(f"'{p}'" for p in phrases) + "."
+    refs = (" Stock phrases counted: " + "; ".join(f"'{p}'" for p in phrases) + ".") if phrases else ""
     phrase_head = " outputs holding a stock phrase |" if phrases else ""
     table = (f"| method | seeds | mean words | outputs repeating a 4-gram |{phrase_head} held-out loss | " + " | ".join(metrics) + " |\n"
              + "|---" * (5 + bool(phrases) + len(metrics)) + "|\n" + "\n".join(rows))

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from logitplug.bench import BenchConfigError, make_method, parse_config, run_bench
+from logitplug.bench import BenchConfigError, load_config, make_method, parse_config, run_bench
 from logitplug.bench.methods import CellContext, test_prompts as build_test_prompts
 from logitplug.bench.runner import distinct_sizes, settings_key
 from logitplug.combine import ProductRule
@@ -516,7 +516,5 @@ def test_a_recipe_that_tries_token_vectors_makes_its_plugin_cells_choose(tiny_di
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path):
     """BENCHMARKS.md cites these configs' commands; a renamed method or setting must not break them unnoticed."""
-    from logitplug.bench.runner import load_config
-
     cfg = load_config(path)
     assert cfg.methods and cfg.tasks and cfg.blackboxes

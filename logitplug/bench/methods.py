@@ -335,10 +335,10 @@ class TrainedCombination(Method):
             else:  # e.g. a .gguf black box: no embedding table to read, so the configured reweighter alone
                 skipped = f"the recipe's token-vector alternative skipped: {missing}"
         if alternatives:
-            trained = [(reweighter, info)] + [
-                train_reweighter(ctx, {**overrides, **(alt.get("train") or {})},
-                                 {**self.reweighter_overrides, **{k: v for k, v in alt.items() if k != "train"}})
-                for alt in alternatives]
+            trained = [(reweighter, info)]
+            for alt in alternatives:
+                alt_train, alt_reweighter = split_alternative(alt)
+                trained.append(train_reweighter(ctx, {**overrides, **alt_train}, {**self.reweighter_overrides, **alt_reweighter}))
             index, mixes = choose_plugin([i["artifact"] for _, i in trained])
             reweighter, info = trained[index]
             info = {**info, "reweighter_choice": {"chosen": index, "held_out_mix": mixes,
@@ -450,12 +450,13 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
                 if not isinstance(alternatives, list) or not all(isinstance(a, dict) for a in alternatives):
                     raise ValueError(f"method {spec['name']!r}: 'alternatives' is a list of reweighter settings, "
                                      f"e.g. [{{token_vectors_from: smollm2-135m}}]; got {alternatives!r}")
-                for alt in alternatives:  # reweighter settings, and under 'train' the candidate's own training settings
-                    _check_keys(spec["name"], "alternatives", {k: v for k, v in alt.items() if k != "train"}, ReweighterConfig)
+                for alt in alternatives:
                     if alt.get("train") is not None and not isinstance(alt["train"], dict):
                         raise ValueError(f"method {spec['name']!r}: an alternative's 'train' is a mapping of training "
                                          f"settings, e.g. {{support_k: 0}}; got {alt['train']!r}")
-                    _check_keys(spec["name"], "alternatives' train", alt.get("train"), TrainConfig)
+                    alt_train, alt_reweighter = split_alternative(alt)
+                    _check_keys(spec["name"], "alternatives", alt_reweighter, ReweighterConfig)
+                    _check_keys(spec["name"], "alternatives' train", alt_train, TrainConfig)
                 kw["alternatives"] = alternatives
             _check_keys(spec["name"], "generation", kw["generation"], GenerationConfig)
             _check_keys(spec["name"], "train", kw["train"], TrainConfig)
@@ -463,6 +464,11 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
             _check_keys(spec["name"], "lora", kw["lora"], LoraTrainConfig)
             return factory(str(spec["name"]), m, **kw)
     raise ValueError(f"unknown method {base!r}; known: {', '.join(METHOD_HELP)}")
+
+
+def split_alternative(alt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A plugin alternative's own training settings (its ``train`` mapping) and its reweighter settings (the rest)."""
+    return dict(alt.get("train") or {}), {k: v for k, v in alt.items() if k != "train"}
 
 
 def _check_keys(method: str, section: str, values: dict[str, Any] | None, cls: type) -> None:
