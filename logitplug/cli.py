@@ -180,6 +180,7 @@ def train(
     strength_margin: float = typer.Option(0.0, help=_help(_T, "strength_margin")),
     mixture_weight: float = typer.Option(0.5, help=_help(_T, "mixture_weight")),
     support_k: int = typer.Option(0, help=_help(_T, "support_k")),
+    blackbox_weight: float = typer.Option(1.0, help=_help(_T, "blackbox_weight")),
     support_eos: bool = typer.Option(False, help=_help(_T, "support_eos")),
     select_by: str = typer.Option("loss", help=_help(_T, "select_by")),
     select_inputs: int = typer.Option(100, help=_help(_T, "select_inputs")),

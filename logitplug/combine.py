@@ -30,11 +30,16 @@ class CombinationRule(ABC):
 
 
 class ProductRule(CombinationRule):
-    """The paper's normalized product of experts: ``log_softmax(z_bb + alpha * z_r)``.
+    """The paper's normalized product of experts: ``log_softmax(w * z_bb + alpha * z_r)``.
 
     Args:
         alpha (float, default 1.0): strength of the reweighting; 1.0 is the paper's rule, 0.0
             gives the black box back.
+        blackbox_weight (float, default 1.0): w, how far the plugin trusts the black box: 1 is
+            the paper's rule; below 1 the black box's distribution is flattened (a temperature of
+            1/w) before the reweighter acts, so a reweighter trained through the rule can write
+            phrasing the black box finds unlikely (Adidas's catalogue sentences) while still
+            leaning on it. A geometric counterpart of the paper's weighted mixture.
 
     Examples:
         >>> import torch
@@ -44,22 +49,30 @@ class ProductRule(CombinationRule):
         [1]
         >>> torch.allclose(ProductRule(alpha=0.0)(bb, rw), bb)
         True
+        >>> [round(p, 3) for p in ProductRule(alpha=0.0, blackbox_weight=0.5)(bb, rw).exp()[0].tolist()]  # flatter
+        [0.506, 0.307, 0.186]
     """
 
     name = "product"
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: float = 1.0, blackbox_weight: float = 1.0):
         if not math.isfinite(alpha):
             raise ValueError(f"ProductRule alpha must be a finite number, got {alpha!r}")
-        self.alpha = float(alpha)
+        if not (math.isfinite(blackbox_weight) and 0 < blackbox_weight <= 1):
+            raise ValueError(f"ProductRule blackbox_weight must be in (0, 1], got {blackbox_weight!r}")
+        self.alpha, self.blackbox_weight = float(alpha), float(blackbox_weight)
 
     def __call__(self, bb_logprobs, rw_logits):
         if rw_logits is None:
             raise ValueError("ProductRule needs reweighter logits, got None")
-        return torch.log_softmax(bb_logprobs.float() + self.alpha * rw_logits.float(), dim=-1)
+        bb = bb_logprobs.float()
+        if self.blackbox_weight != 1.0:
+            bb = self.blackbox_weight * bb
+        return torch.log_softmax(bb + self.alpha * rw_logits.float(), dim=-1)
 
     def signature(self) -> str:
-        return f"rule:product|alpha:{self.alpha:g}"
+        extra = "" if self.blackbox_weight == 1.0 else f"|bbw:{self.blackbox_weight:g}"  # old signatures unchanged
+        return f"rule:product|alpha:{self.alpha:g}{extra}"
 
 
 class SupportProductRule(CombinationRule):

@@ -31,7 +31,7 @@ class Recipe:
         settings are left out for other rules, the strength grid unless selection is by held-out loss."""
         out = dict(self.train)
         if rule != "product":
-            for name in ("support_k", "support_eos", "alpha_grid", "strength_by", "strength_candidates", "strength_margin"):
+            for name in ("support_k", "support_eos", "blackbox_weight", "alpha_grid", "strength_by", "strength_candidates", "strength_margin"):
                 out.pop(name, None)
         if select_by != "loss":
             out.pop("alpha_grid", None)

@@ -106,6 +106,11 @@ class TrainConfig:
         default=0, metadata={"help": "rule=product only: reweight only the black box's top-k tokens plus a rest bucket "
                                      "(0: the whole vocabulary, the paper's rule)"}
     )
+    blackbox_weight: float = field(
+        default=1.0, metadata={"help": "rule=product over the whole vocabulary: the black box's log-probs are scaled by this "
+                                       "weight in (0, 1] before the reweighter acts (1: the paper's rule; lower: the plugin "
+                                       "trusts the black box less and can write what the black box finds unlikely)"}
+    )
     support_eos: bool = field(
         default=False, metadata={"help": "with support_k: the black box's EOS token is always in the support, so the plugin "
                                          "can end an answer where the black box would go on (without support_k the "
@@ -178,6 +183,11 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.rule must be 'product', 'mixture' or 'reweighter', got {self.rule!r}")
         if self.support_k < 0 or (self.support_k and self.rule != "product"):
             raise ValueError("TrainConfig.support_k must be >= 0 and needs rule='product'")
+        if not (math.isfinite(self.blackbox_weight) and 0 < self.blackbox_weight <= 1):
+            raise ValueError(f"TrainConfig.blackbox_weight must be in (0, 1], got {self.blackbox_weight!r}")
+        if self.blackbox_weight != 1 and (self.rule != "product" or self.support_k):
+            raise ValueError("TrainConfig.blackbox_weight below 1 needs rule='product' over the whole vocabulary "
+                             "(support_k=0): a support's rest bucket has no per-token black-box values to scale")
         for name in ("copy_augment", "select_renamed"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
@@ -214,7 +224,7 @@ class TrainConfig:
             return get_rule("product-topk", k=self.support_k, alpha=self.alpha,
                             always=eos_token_id if self.support_eos else None)
         if self.rule == "product":
-            return get_rule("product", alpha=self.alpha)
+            return get_rule("product", alpha=self.alpha, blackbox_weight=self.blackbox_weight)
         if self.rule == "mixture":
             return get_rule("mixture", weight=self.mixture_weight)
         return get_rule("reweighter")
@@ -447,7 +457,8 @@ def train(
         raise ValueError("early stopping needs held-out examples; got none")
 
     available = int(getattr(blackbox, "top_k", 20))
-    if not blackbox.full_vocab and config.rule == "product" and not 0 < config.support_k <= available:
+    if (not blackbox.full_vocab and config.rule == "product" and not 0 < config.support_k <= available
+            and config.blackbox_weight == 1):
         # the black box's answers hold only its top-k: reweight that support (plus the rest bucket)
         config = replace(config, support_k=available)
         logger.info("black box %s returns top-%d log-probs: training the product rule over that support",

@@ -39,6 +39,19 @@ def test_product_does_not_modify_inputs_and_alpha_zero_is_blackbox():
     assert torch.allclose(out, bb, atol=1e-6)
 
 
+def test_a_black_box_weight_flattens_the_black_box_before_reweighting():
+    g = torch.Generator().manual_seed(1)
+    bb = torch.log_softmax(torch.randn(4, 11, generator=g) * 3, -1)
+    rw = torch.randn(4, 11, generator=g)
+    for w in (0.25, 0.5):
+        out = ProductRule(alpha=0.75, blackbox_weight=w)(bb, rw)
+        assert torch.allclose(out.double(), torch.log_softmax(w * bb.double() + 0.75 * rw.double(), -1), atol=1e-6)
+        alone = ProductRule(alpha=0.0, blackbox_weight=w)(bb, rw)  # the black box at temperature 1/w: flatter
+        assert (-(alone.exp() * alone).sum(-1) > -(bb.exp() * bb).sum(-1)).all()
+    assert ProductRule().signature() == "rule:product|alpha:1"  # unchanged where the weight is 1 (cache keys)
+    assert ProductRule(blackbox_weight=0.5).signature() == "rule:product|alpha:1|bbw:0.5"
+
+
 def test_mixture_matches_probability_space():
     bb = torch.log_softmax(torch.randn(4, 9), -1)
     rw = torch.randn(4, 9)
@@ -54,6 +67,9 @@ def test_bad_arguments_fail_at_construction():
         MixtureRule(1.5)
     with pytest.raises(ValueError, match="alpha"):
         ProductRule(alpha=float("nan"))
+    for w in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="blackbox_weight"):
+            ProductRule(blackbox_weight=w)
     with pytest.raises(ValueError, match="unknown combination rule 'nope'"):
         get_rule("nope")
     with pytest.raises(ValueError, match="needs reweighter"):

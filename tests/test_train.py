@@ -171,6 +171,27 @@ def test_support_k_trains_through_the_topk_rule_and_the_plugin_remembers_it(tmp_
         _config(tmp_path, support_k=8, rule="mixture")
 
 
+def test_a_plugin_trusting_the_black_box_less_trains_and_decodes_through_the_weighted_rule(tmp_path):
+    from logitplug.blackbox import TopKBlackBox
+    from logitplug.train import trained_rule
+
+    bb = tiny_blackbox()
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path, epochs=3, blackbox_weight=0.5), SMALL)
+    rule = trained_rule(result.plugin_dir)
+    assert isinstance(rule, ProductRule) and rule.blackbox_weight == 0.5
+    assert result.best_loss < result.blackbox_loss
+    # a top-k black box keeps the whole-vocabulary rule (over its densified answers) instead of a support
+    top5 = TopKBlackBox(bb, k=5)
+    closed = train(top5, EXAMPLES, EXAMPLES[:4], TEMPLATE,
+                   _config(tmp_path, output_dir=str(tmp_path / "closed"), cache_dir=str(tmp_path / "closed-cache"), epochs=1,
+                           blackbox_weight=0.5), SMALL)
+    assert type(trained_rule(closed.plugin_dir)) is ProductRule
+    for bad in (dict(blackbox_weight=0.0), dict(blackbox_weight=1.5), dict(blackbox_weight=0.5, support_k=8),
+                dict(blackbox_weight=0.5, rule="mixture")):
+        with pytest.raises(ValueError, match="blackbox_weight"):
+            _config(tmp_path, **bad)
+
+
 def test_a_support_wider_than_a_topk_black_box_returns_is_cut_to_it(tmp_path):
     from logitplug.blackbox import TopKBlackBox
     from logitplug.train import trained_rule
