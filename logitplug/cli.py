@@ -116,6 +116,20 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
     return out
 
 
+def _held_out_generation(bb: Any, eval_rows: list, max_new_tokens: int = 0) -> Any:
+    """How `train` decodes held-out inputs: as `generate` does by default (greedy, penalty 1.1, an
+    answer ends at a blank line), at most ``max_new_tokens`` tokens; 0: a quarter more than the
+    longest held-out target (at least 16), so long answers are scored whole."""
+    import math
+
+    from .decode import GenerationConfig
+
+    if max_new_tokens == 0:
+        longest = max((len(bb.tokenizer(r.target, add_special_tokens=False)["input_ids"]) for r in eval_rows), default=0)
+        max_new_tokens = max(16, math.ceil(1.25 * longest))
+    return GenerationConfig(max_new_tokens=max_new_tokens, repetition_penalty=1.1, stop_strings=("\n\n",))
+
+
 def _own_token_vectors(bb: Any) -> Any:
     """A local black box's input embeddings: what a plugin trained on its token vectors reads when the
     model folder it recorded has moved (the plugin checks they are the same table)."""
@@ -205,6 +219,10 @@ def train(
              "same cached log-probs. With it CommonGen beats its prompt on every seed and WebNLG leads ICL-3 on all "
              "four means (BENCHMARKS.md). Both plugins stay under OUTPUT_DIR/candidates, the kept one is copied to "
              "OUTPUT_DIR, choice.json says why"),
+    held_out_tokens: int = typer.Option(
+        0, help="longest held-out answer, in tokens, when held-out text is decoded (demonstration count, strength, "
+                "reweighter choices); 0: a quarter more than the longest held-out target, so long targets are not cut "
+                "and short ones do not wait for 64 tokens"),
     cache: bool = typer.Option(True, help=_help(_T, "cache")),
     cache_dir: Optional[str] = typer.Option(None, help=_help(_T, "cache_dir")),
     cache_top_k: int = typer.Option(256, help=_help(_T, "cache_top_k")),
@@ -275,13 +293,14 @@ def train(
     except ValueError:
         _fail(f"--demonstrations must be a count >= 0 or comma-separated counts, got {demonstrations!r}")
     bb = _load_bb(blackbox, endpoint_model, tokenizer)
+    if held_out_tokens < 0:
+        _fail(f"--held-out-tokens must be >= 0 (0: from the held-out targets), got {held_out_tokens}")
+    # held-out decoding as `generate` decodes by default: greedy, penalty 1.1, an answer ends at a blank line
+    held_out_generation = _held_out_generation(bb, eval_rows, held_out_tokens)
     if counts:
-        from .decode import GenerationConfig
-
         try:
             tmpl, train_rows, chosen = fix_demonstrations(
-                bb, tmpl, train_rows, eval_rows, counts, seed, GenerationConfig(repetition_penalty=1.1, stop_strings=("\n\n",)),
-                max_inputs=tcfg.select_inputs)
+                bb, tmpl, train_rows, eval_rows, counts, seed, held_out_generation, max_inputs=tcfg.select_inputs)
         except ValueError as e:
             _fail(str(e))
         if "demonstration_scores" in chosen:
@@ -290,11 +309,9 @@ def train(
     from .data import DataError
 
     try:
-        from .decode import GenerationConfig
         from .selection import held_out_scorers
 
-        # held-out decoding as `generate` decodes by default: greedy, penalty 1.1, an answer ends at a blank line
-        scorers = held_out_scorers(tcfg, bb, tmpl, eval_rows, GenerationConfig(repetition_penalty=1.1, stop_strings=("\n\n",)))
+        scorers = held_out_scorers(tcfg, bb, tmpl, eval_rows, held_out_generation)
         if source is not None:
             from .train import train_and_choose
 

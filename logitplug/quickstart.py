@@ -46,6 +46,7 @@ def run_quickstart(
     epochs: int = 6,
     seed: int = 0,
     recipe: str = DEFAULT_RECIPE,
+    max_new_tokens: int = 64,
 ) -> dict:
     t_start = time.perf_counter()
     out = Path(output_dir)
@@ -61,7 +62,7 @@ def run_quickstart(
     print(f"recipe {chosen.name!r}: {chosen.description}")
     template = TEMPLATES["e2e"]
     # a blank line ends an answer (no E2E reference holds one; demonstrations are separated by one)
-    gcfg = GenerationConfig(max_new_tokens=64, repetition_penalty=1.1, batch_size=8, stop_strings=("\n\n",))
+    gcfg = GenerationConfig(max_new_tokens=max_new_tokens, repetition_penalty=1.1, batch_size=8, stop_strings=("\n\n",))
     prompted, train_set, demo_info = fix_demonstrations(bb, template, train_set, eval_set, chosen.demonstrations, seed,
                                                         gcfg, max_inputs=50)
     if "demonstration_scores" in demo_info:
@@ -69,7 +70,7 @@ def run_quickstart(
               f"{demo_info['demonstration_scores']})")
     # a plugin made with other settings (recipe, data, epochs, seed, black box) is never reused
     made_with = stable_key(bb.fingerprint, chosen.name, chosen.settings(), train_rows, eval_rows, epochs, seed,
-                           demo_info["demonstrations"])
+                           demo_info["demonstrations"], *([max_new_tokens] if max_new_tokens != 64 else []))
     plugin_dir = out / f"plugin-{chosen.name}-{made_with}"
     tcfg = TrainConfig(output_dir=str(plugin_dir), epochs=epochs, seed=seed, cache_dir=str(out / "logprob-cache"),
                        select_inputs=50, **chosen.train)

@@ -45,7 +45,7 @@ def test_train_then_generate_round_trip(tmp_path, bb_dir, data):
 def test_recipes_set_defaults_and_explicit_options_win(tmp_path, bb_dir, data):
     args = ["train", "--train-file", str(data), "--blackbox", str(bb_dir), "--input-column", "mr",
             "--target-column", "ref", "--epochs", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
-            "--cache-dir", str(tmp_path / "cache")]
+            "--cache-dir", str(tmp_path / "cache"), "--held-out-tokens", "6"]  # held-out text: a tiny model never stops
 
     def trained(name, *extra):
         res = runner.invoke(app, args + ["--output-dir", str(tmp_path / name), *extra])
@@ -128,11 +128,27 @@ def test_eval_command_scores_e2e_generations(tmp_path):
     assert res.exit_code == 2 and "not in e2e/test" in res.output
 
 
+def test_held_out_text_is_decoded_as_long_as_the_held_out_targets_need(tmp_path, bb_dir, data):
+    from logitplug.cli import _held_out_generation
+    from logitplug.data import Example
+
+    bb = tiny_blackbox()
+    rows = [Example("a", "word " * 40), Example("b", "short")]
+    longest = len(bb.tokenizer("word " * 40, add_special_tokens=False)["input_ids"])
+    assert _held_out_generation(bb, rows).max_new_tokens == -(-5 * longest // 4) > 64  # not cut at generate's 64
+    assert _held_out_generation(bb, rows[1:]).max_new_tokens == 16
+    assert _held_out_generation(bb, rows, 7).max_new_tokens == 7
+    res = runner.invoke(app, ["train", "--train-file", str(data), "--input-column", "mr", "--target-column", "ref",
+                              "--output-dir", str(tmp_path / "p"), "--blackbox", str(bb_dir), "--held-out-tokens", "-1"])
+    assert res.exit_code == 2 and "--held-out-tokens must be >= 0" in res.output
+
+
 def test_train_generate_eval_on_a_named_task(tmp_path, bb_dir):
     plugin = tmp_path / "plugin"
     res = runner.invoke(app, ["train", "--task", "commongen", "--output-dir", str(plugin), "--blackbox", str(bb_dir),
                               "--epochs", "1", "--max-steps", "2", "--hidden", "32", "--heads", "2", "--ffn", "64",
-                              "--cache-dir", str(tmp_path / "cache"), "--select-inputs", "10"])  # held-out choices on 10 inputs
+                              "--cache-dir", str(tmp_path / "cache"), "--select-inputs", "10",  # held-out choices on 10 inputs
+                              "--held-out-tokens", "6"])
     assert res.exit_code == 0, res.output
     gen = tmp_path / "gen.jsonl"
     res = runner.invoke(app, ["generate", "--task", "commongen", "--plugin", str(plugin), "--blackbox", str(bb_dir),

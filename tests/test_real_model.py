@@ -78,7 +78,10 @@ def test_converted_model_matches_the_gguf_original(smollm2):
 def test_main_job_runs_end_to_end_at_small_scale(tmp_path, capsys):
     from logitplug.quickstart import run_quickstart
 
-    report = run_quickstart(None, tmp_path, "smollm2-135m", train_rows=24, eval_rows=8, test_inputs=4, epochs=1)
+    # answers cut at 16 tokens: this checks the whole flow, not the text (the strength and reweighter
+    # choices decode every held-out input at six strengths, twice)
+    report = run_quickstart(None, tmp_path, "smollm2-135m", train_rows=24, eval_rows=8, test_inputs=4, epochs=1,
+                            max_new_tokens=16)
     printed = capsys.readouterr().out
     assert "zero-shot" in printed and "plugin" in printed and "BLEU" in printed
     assert set(report["scores"]) == {"zero-shot", "1-shot", "plugin"}  # the default recipe adds a demonstration
@@ -94,7 +97,7 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path, capsys):
     # a plugin made with other settings is never reused: another seed (and, to keep this short, the
     # paper's recipe: one training, no held-out decoding) trains into another folder
     again = run_quickstart(None, tmp_path, "smollm2-135m", train_rows=24, eval_rows=8, test_inputs=2, epochs=1, seed=1,
-                           recipe="paper")
+                           recipe="paper", max_new_tokens=16)
     assert again["plugin_dir"] != report["plugin_dir"]
 
 
