@@ -24,7 +24,7 @@ from logitplug.bench.runner import blackbox_label  # noqa: E402
 
 # issue 4's methods in reading order: black-box-only, the small model, the paper's mixtures,
 # proxy-tuning, the plugin (default recipe, then the paper's), the white-box ceiling
-METHODS = ("zero-shot,icl-1,icl-3,small,mixture-0.25,mixture-0.5,mixture-0.75,proxy-tuning,plugin,plugin-paper,lora")
+METHODS = ("zero-shot,icl-1,icl-3,small,mixture-0.25,mixture-0.5,mixture-0.75,proxy-tuning,plugin,plugin-paper,plugin-paper-bbw0.5,plugin-paper-bbw0.25,lora")
 BLACK_BOX_ONLY = {"zero-shot", "icl-1", "icl-3"}
 BEGIN, END = "<!-- standing: written by benchmarks/standing.py --into; do not edit by hand -->", "<!-- standing end -->"
 REUSED_BELOW_S = 30.0  # recorded training seconds below which a cell's model came from an earlier run
