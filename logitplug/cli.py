@@ -254,6 +254,8 @@ def train(
     try:
         if (task is None) == (train_file is None):
             _fail("give either --train-file or --task")
+        if held_out_tokens < 0:  # before any data or model is loaded
+            _fail(f"--held-out-tokens must be >= 0 (0: from the held-out targets), got {held_out_tokens}")
         tmpl = get_template(template or (TASKS[task].template if task in TASKS else "plain"), chat=chat)
         tcfg = TrainConfig(output_dir=str(output_dir), **{f.name: o[f.name] for f in fields(TrainConfig)
                                                           if f.name in o and f.name != "output_dir"})
@@ -293,8 +295,6 @@ def train(
     except ValueError:
         _fail(f"--demonstrations must be a count >= 0 or comma-separated counts, got {demonstrations!r}")
     bb = _load_bb(blackbox, endpoint_model, tokenizer)
-    if held_out_tokens < 0:
-        _fail(f"--held-out-tokens must be >= 0 (0: from the held-out targets), got {held_out_tokens}")
     # held-out decoding as `generate` decodes by default: greedy, penalty 1.1, an answer ends at a blank line
     held_out_generation = _held_out_generation(bb, eval_rows, held_out_tokens)
     if counts:
