@@ -107,6 +107,8 @@ def _apply_recipe(ctx: typer.Context, name: str, values: dict) -> dict:
               **{_CLI_NAME.get(k, k): v for k, v in recipe.reweighter.items()}}
     if recipe.try_token_vectors:
         wanted["try_token_vectors"] = True
+    if recipe.try_blackbox_weight:
+        wanted["try_blackbox_weight"] = recipe.try_blackbox_weight
     out = dict(values)
     for option, value in wanted.items():
         if option not in out:
@@ -219,6 +221,13 @@ def train(
              "same cached log-probs. With it CommonGen beats its prompt on every seed and WebNLG leads ICL-3 on all "
              "four means (BENCHMARKS.md). Both plugins stay under OUTPUT_DIR/candidates, the kept one is copied to "
              "OUTPUT_DIR, choice.json says why"),
+    try_blackbox_weight: float = typer.Option(
+        0.0, help="also train a plugin over the whole vocabulary that scales the black box's log-probs by this weight "
+                  "(in (0, 1); 0: not tried) and keep it where it writes the better held-out text (needs --strength-by a "
+                  "text metric). Trusting the black box less lets the plugin write the task's own stock phrasing where it "
+                  "lies outside the black box's top tokens: on Adidas a weight of 0.5 beat the top-20 plugin on every "
+                  "metric, on CommonGen it lost every one (BENCHMARKS.md). It trains under OUTPUT_DIR/candidates beside "
+                  "the others, from the same cached log-probs; a whole-vocabulary training costs several top-20 ones"),
     held_out_tokens: int = typer.Option(
         0, help="longest held-out answer, in tokens, when held-out text is decoded (demonstration count, strength, "
                 "reweighter choices); 0: a quarter more than the longest held-out target, so long targets are not cut "
@@ -275,6 +284,17 @@ def train(
         elif not obstacle[0]:
             typer.echo(f"training the configured reweighter only (the recipe's choice steps aside): {obstacle[1]}; "
                        "--no-try-token-vectors silences this")
+    tried_weight = 0.0  # the black-box weight of a third, whole-vocabulary reweighter, when one is tried
+    if o["try_blackbox_weight"]:
+        from .train import blackbox_weight_conflict
+
+        conflict = blackbox_weight_conflict(tcfg, o["try_blackbox_weight"])
+        if conflict is None:
+            tried_weight = float(o["try_blackbox_weight"])
+        elif _given(ctx, "try_blackbox_weight"):
+            _fail(f"--try-blackbox-weight: {conflict}")
+        else:  # the recipe's choice steps aside where the user's own settings rule it out
+            typer.echo(f"no whole-vocabulary reweighter tried (the recipe's choice steps aside): {conflict}")
     if task is not None:  # the task's own validation split does early stopping
         splits = _task_splits(task, data_dir, seed)
         train_rows, eval_rows = splits["train"], splits["validation"]
@@ -312,10 +332,16 @@ def train(
         from .selection import held_out_scorers
 
         scorers = held_out_scorers(tcfg, bb, tmpl, eval_rows, held_out_generation)
+        candidates: dict[str, Any] = {"default": rcfg}
         if source is not None:
+            candidates["token-vectors"] = replace(rcfg, token_vectors_from=source)
+        if tried_weight:
+            from .train import blackbox_weight_candidate
+
+            candidates[f"blackbox-weight-{tried_weight:g}"] = blackbox_weight_candidate(rcfg, tried_weight)
+        if len(candidates) > 1:
             from .train import train_and_choose
 
-            candidates = {"default": rcfg, "token-vectors": replace(rcfg, token_vectors_from=source)}
             result, choice = train_and_choose(bb, train_rows, eval_rows, tmpl, tcfg, candidates, **scorers)
             typer.echo(f"kept the {choice['chosen']} reweighter (held-out text: "
                        + ", ".join(f"{n} {m:.3f}" for n, m in choice["held_out_mix"].items()) + ")")

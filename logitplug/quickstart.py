@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ._io import stable_key
 from .blackbox import load_blackbox
@@ -27,7 +27,10 @@ from .eval import evaluate, parse_mr, slot_error_rate
 from .recipes import DEFAULT_RECIPE, get_recipe
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
 from .selection import fix_demonstrations, held_out_scorers
-from .train import CHOICE_NAME, TrainConfig, plugin_finished, token_vector_conflict, train, train_and_choose, trained_rule
+from .train import (
+    CHOICE_NAME, TrainConfig, blackbox_weight_candidate, blackbox_weight_conflict, plugin_finished, token_vector_conflict,
+    train, train_and_choose, trained_rule,
+)
 
 
 def _sample_by_input(rows: Sequence[Example], n: int, seed: int) -> list[Example]:
@@ -80,9 +83,13 @@ def run_quickstart(
         scorers = held_out_scorers(tcfg, bb, prompted, eval_set, gcfg)  # the recipe's strength choice, if any
         rcfg = ReweighterConfig(**chosen.reweighter)
         obstacle = token_vector_conflict(rcfg, tcfg.strength_by) or missing_token_vectors(blackbox_name)
+        candidates: dict[str, Any] = {"default": rcfg}
         if chosen.try_token_vectors and obstacle is None:  # a second plugin on the black box's own token vectors
-            candidates = {"default": rcfg,
-                          "token-vectors": replace(rcfg, token_vectors_from=token_vector_source(blackbox_name))}
+            candidates["token-vectors"] = replace(rcfg, token_vectors_from=token_vector_source(blackbox_name))
+        weight = chosen.try_blackbox_weight
+        if weight and blackbox_weight_conflict(tcfg, weight) is None:  # a whole-vocabulary one trusting the black box less
+            candidates[f"blackbox-weight-{weight:g}"] = blackbox_weight_candidate(rcfg, weight)
+        if len(candidates) > 1:
             result, choice = train_and_choose(bb, train_set, eval_set, prompted, tcfg, candidates, **scorers)
             print(f"kept the {choice['chosen']} reweighter (held-out text mix: "
                   + ", ".join(f"{n} {m:.3f}" for n, m in choice["held_out_mix"].items()) + ")")

@@ -25,6 +25,10 @@ class Recipe:
     # whose held-out text is better (train.train_and_choose); needs the black box's weights or an
     # open model with its tokenizer, and a strength choice by text (strength_by)
     try_token_vectors: bool = False
+    # also train a plugin over the whole vocabulary that scales the black box's log-probs by this weight
+    # (0: not tried) and keep it where its held-out text is better (train.blackbox_weight_candidate);
+    # needs a strength choice by text, as try_token_vectors does
+    try_blackbox_weight: float = 0.0
 
     def train_for(self, rule: str = "product", select_by: str = "loss") -> dict[str, Any]:
         """The recipe's training settings that apply under ``rule`` and ``select_by``: product-rule
@@ -45,6 +49,8 @@ class Recipe:
         out = {"demonstrations": demos, "train": dict(self.train), "reweighter": dict(self.reweighter)}
         if self.try_token_vectors:  # only when set, so recipes without it keep their cache keys
             out["try_token_vectors"] = True
+        if self.try_blackbox_weight:
+            out["try_blackbox_weight"] = self.try_blackbox_weight
         return out
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -771,6 +771,33 @@ def token_vector_conflict(reweighter: dict[str, Any] | ReweighterConfig, strengt
     return None
 
 
+def blackbox_weight_conflict(config: TrainConfig, weight: float) -> str | None:
+    """Why these settings rule out also training a whole-vocabulary plugin that scales the black box's
+    log-probs by ``weight`` and keeping the better one, or None."""
+    if not (math.isfinite(weight) and 0 < weight < 1):
+        return f"the tried black-box weight must be in (0, 1) (1 is the configured plugin's own rule), got {weight!r}"
+    if config.rule != "product":
+        return f"a black-box weight scales the product rule's black-box term; the rule here is {config.rule!r}"
+    return token_vector_conflict({}, config.strength_by)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One plugin ``train_and_choose`` tries: its reweighter, and the training settings in which it
+    differs from the run's (e.g. ``{"support_k": 0, "blackbox_weight": 0.5}``: the whole vocabulary,
+    the black box trusted less)."""
+
+    reweighter: ReweighterConfig
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+
+def blackbox_weight_candidate(reweighter: ReweighterConfig, weight: float) -> Candidate:
+    """The whole-vocabulary plugin at black-box weight ``weight`` (``log_softmax(w z_bb + alpha z_r)``):
+    where the task's text lies outside the black box's top tokens (Adidas's catalogue sentences), it
+    writes what a top-k plugin cannot; where it does not (CommonGen), held-out text rejects it."""
+    return Candidate(reweighter, {"support_k": 0, "blackbox_weight": float(weight)})
+
+
 CANDIDATES_DIR = "candidates"
 CHOICE_NAME = "choice.json"
 
@@ -781,11 +808,12 @@ def train_and_choose(
     eval_examples: Sequence[Example],
     template: PromptTemplate,
     config: TrainConfig,
-    candidates: dict[str, ReweighterConfig],
+    candidates: Mapping[str, ReweighterConfig | Candidate],
     margin: float = 0.02,
     **scorers: Any,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """Train one plugin per candidate reweighter, keep the one whose held-out text scores best.
+    """Train one plugin per candidate (a reweighter, or a ``Candidate`` that also changes training
+    settings), keep the one whose held-out text scores best.
 
     No reweighter wins every task: pretrained token vectors beat the default on CommonGen's new
     concept sets and lose on E2E (BENCHMARKS.md); on the 10 task-seeds measured, held-out text never
@@ -798,11 +826,22 @@ def train_and_choose(
         raise ValueError(token_vector_conflict({}, "loss"))
     if not candidates:
         raise ValueError("train_and_choose needs at least one candidate reweighter")
+    configs: dict[str, tuple[TrainConfig, ReweighterConfig]] = {}
+    known = {f.name for f in fields(TrainConfig)}
+    for name, candidate in candidates.items():  # every candidate's settings checked before any training
+        candidate = candidate if isinstance(candidate, Candidate) else Candidate(candidate)
+        unknown = sorted(set(candidate.train) - known)
+        if unknown or "output_dir" in candidate.train:
+            raise ValueError(f"candidate {name!r}: {unknown or ['output_dir']} are not training settings it can change")
+        if candidate.train and config.select_by != "loss":  # the epoch scorer decodes through the run's own rule
+            raise ValueError(f"candidate {name!r} changes training settings, so its epochs cannot be scored by held-out "
+                             f"{config.select_by} through the run's rule; choose epochs by loss (select_by='loss')")
+        configs[name] = (replace(config, **candidate.train), candidate.reweighter)
     out = Path(config.output_dir)
     if (out / "logitplug.json").exists():
         raise FileExistsError(f"{out} already holds a trained plugin; choose another --output-dir or delete it")
     results: dict[str, TrainResult] = {}
-    for name, rcfg in candidates.items():
+    for name, (tcfg, rcfg) in configs.items():
         folder = out / CANDIDATES_DIR / name
         if plugin_finished(folder):
             history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").exists() else []
@@ -811,7 +850,7 @@ def train_and_choose(
             logger.info("candidate %s already trained in %s", name, folder)
             continue
         logger.info("training candidate reweighter %s (%d of %d)", name, len(results) + 1, len(candidates))
-        results[name] = train(blackbox, train_examples, eval_examples, template, replace(config, output_dir=str(folder)),
+        results[name] = train(blackbox, train_examples, eval_examples, template, replace(tcfg, output_dir=str(folder)),
                               rcfg, **scorers)
     index, mixes = choose_plugin([r.plugin_dir for r in results.values()], margin)
     chosen = list(results)[index]

@@ -513,6 +513,29 @@ def test_a_recipe_that_tries_token_vectors_makes_its_plugin_cells_choose(tiny_di
     assert cells["p"]["settings_key"] == settings_key(cfg, cfg.methods[1], "commongen")
 
 
+def test_a_recipe_that_tries_a_blackbox_weight_adds_a_whole_vocabulary_candidate(tiny_dir, tmp_path, monkeypatch):
+    from logitplug.recipes import RECIPES, Recipe
+
+    by_text = {"alpha_grid": [1.0], "strength_by": "BLEU+ROUGE-L", "strength_candidates": [0.0, 1.0], "select_inputs": 2,
+               "support_k": 4}
+    monkeypatch.setitem(RECIPES, "tries-w", Recipe("tries-w", "test", train=by_text, try_blackbox_weight=0.5))
+    plugin = make_method({"name": "p", "method": "plugin", "recipe": "tries-w"})
+    assert plugin.tried_blackbox_weight == 0.5 and plugin.recipe_settings()["try_blackbox_weight"] == 0.5
+    for spec in ({"alternatives": []}, {"train": {"strength_by": "loss"}}):
+        variant = make_method({"name": "v", "method": "plugin", "recipe": "tries-w", **spec})
+        assert not variant.tried_blackbox_weight and "try_blackbox_weight" not in variant.recipe_settings()
+    assert "try_blackbox_weight" not in RECIPES["paper"].settings()  # recipes without it keep their keys
+    raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[{"name": "p", "method": "plugin", "recipe": "tries-w"}],
+               data={"train_rows": 12, "validation_inputs": 2, "test_inputs": 3})
+    run_bench(parse_config(raw), progress=False)
+    cell = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "p" / "seed0.json").read_text())
+    choice = cell["info"]["reweighter_choice"]
+    assert choice["candidates"] == [{}, {"train": {"support_k": 0, "blackbox_weight": 0.5}}] and len(choice["held_out_mix"]) == 2
+    kept = json.loads((Path(cell["info"]["artifact"]) / "logitplug.json").read_text())["train_config"]
+    assert kept["blackbox_weight"] == (0.5 if choice["chosen"] == 1 else 1.0)
+    assert ("bbw:0.5" in cell["info"]["rule"]) == (choice["chosen"] == 1)  # decoded through the rule it kept
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path):
     """BENCHMARKS.md cites these configs' commands; a renamed method or setting must not break them unnoticed."""

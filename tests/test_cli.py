@@ -289,6 +289,33 @@ def test_try_token_vectors_trains_both_and_keeps_the_better_held_out_text(tmp_pa
     assert res.exit_code == 2 and "--token-vectors-from" in res.output
 
 
+def test_try_blackbox_weight_adds_a_whole_vocabulary_candidate_or_fails_before_training(tmp_path, bb_dir, data):
+    args = ["train", "--train-file", str(data), "--blackbox", str(bb_dir), "--input-column", "mr",
+            "--target-column", "ref", "--epochs", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
+            "--cache-dir", str(tmp_path / "cache"), "--strength-by", "BLEU+ROUGE-L", "--strength-candidates", "0,1",
+            "--support-k", "4", "--held-out-tokens", "4", "--no-try-token-vectors"]
+    out = tmp_path / "plugin"
+    res = runner.invoke(app, args + ["--output-dir", str(out), "--try-blackbox-weight", "0.5"])
+    assert res.exit_code == 0, res.output
+    choice = json.loads((out / "choice.json").read_text())
+    assert set(choice["held_out_mix"]) == {"default", "blackbox-weight-0.5"}
+    tried = json.loads((out / "candidates" / "blackbox-weight-0.5" / "logitplug.json").read_text())["train_config"]
+    default = json.loads((out / "candidates" / "default" / "logitplug.json").read_text())["train_config"]
+    assert (tried["support_k"], tried["blackbox_weight"]) == (0, 0.5) and (default["support_k"], default["blackbox_weight"]) == (4, 1.0)
+    kept = json.loads((out / "logitplug.json").read_text())["train_config"]
+    assert kept["blackbox_weight"] == (0.5 if choice["chosen"] == "blackbox-weight-0.5" else 1.0)
+    gen_out = tmp_path / "gen.jsonl"
+    res = runner.invoke(app, ["generate", "--input-file", str(data), "--input-column", "mr", "--output", str(gen_out),
+                              "--blackbox", str(bb_dir), "--plugin", str(out / "candidates" / "blackbox-weight-0.5"),
+                              "--max-new-tokens", "3"])
+    assert res.exit_code == 0, res.output
+    for bad, says in ((["--try-blackbox-weight", "1"], "(0, 1)"), (["--try-blackbox-weight", "0.5", "--strength-by", "loss"],
+                      "strength_by")):
+        res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "bad")] + bad)
+        assert res.exit_code == 2 and "--try-blackbox-weight" in res.output and says in res.output, res.output
+        assert not (tmp_path / "bad").exists()
+
+
 def test_a_recipe_that_tries_token_vectors_chooses_unless_told_not_to_or_it_cannot(tmp_path, bb_dir, data, monkeypatch):
     from logitplug.cli import _token_vectors_obstacle
     from logitplug.recipes import RECIPES, Recipe

@@ -441,6 +441,29 @@ def test_token_vector_conflict_names_settings_that_leave_nothing_to_compare():
     assert "strength_by" in token_vector_conflict({}, "loss")
 
 
+def test_blackbox_weight_candidates_are_checked_before_any_training(tmp_path):
+    from logitplug.train import Candidate, blackbox_weight_candidate, blackbox_weight_conflict, train_and_choose
+
+    by_text = _config(tmp_path, strength_by="BLEU", strength_candidates=(0.0, 1.0), support_k=4)
+    assert blackbox_weight_conflict(by_text, 0.5) is None
+    assert "(0, 1)" in blackbox_weight_conflict(by_text, 1.0) and "(0, 1)" in blackbox_weight_conflict(by_text, 0.0)
+    assert "product" in blackbox_weight_conflict(_config(tmp_path, rule="mixture"), 0.5)
+    assert "strength_by" in blackbox_weight_conflict(_config(tmp_path), 0.5)
+    tried = blackbox_weight_candidate(SMALL, 0.25)
+    assert tried.reweighter is SMALL and dict(tried.train) == {"support_k": 0, "blackbox_weight": 0.25}
+    scorer = lambda reweighter, rule=None: {"BLEU": 1.0}  # noqa: E731 -- never called: the checks come first
+    for candidate, says in ((Candidate(SMALL, {"warmup": 1}), "warmup"),
+                            (Candidate(SMALL, {"output_dir": "x"}), "output_dir")):
+        with pytest.raises(ValueError, match=says):
+            train_and_choose(tiny_blackbox(), EXAMPLES, EXAMPLES, TEMPLATE, by_text, {"default": SMALL, "other": candidate},
+                             strength_selector=scorer)
+    by_text_epochs = replace(by_text, select_by="BLEU")
+    with pytest.raises(ValueError, match="select_by"):
+        train_and_choose(tiny_blackbox(), EXAMPLES, EXAMPLES, TEMPLATE, by_text_epochs, {"default": SMALL, "w": tried},
+                         strength_selector=scorer, selector=lambda reweighter: 1.0)
+    assert not (tmp_path / "plugin").exists()
+
+
 @pytest.mark.parametrize("dense_limit, kept_in_loop", [(10**9, True), (0, False)], ids=["small-vocab", "large-vocab"])
 def test_freed_memory_is_kept_only_in_the_loop_and_only_for_small_dense_steps(tmp_path, monkeypatch, dense_limit, kept_in_loop):
     import importlib

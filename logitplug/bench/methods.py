@@ -29,7 +29,9 @@ from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import WEIGHTS_NAME, LogitDifference, Reweighter, ReweighterConfig, read_sidecar
 from ..selection import choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers
-from ..train import TrainConfig, choose_strength, plugin_finished, token_vector_conflict, train, trained_rule
+from ..train import (
+    TrainConfig, blackbox_weight_candidate, choose_strength, plugin_finished, token_vector_conflict, train, trained_rule,
+)
 
 
 @dataclass
@@ -306,11 +308,17 @@ class TrainedCombination(Method):
         self.tries_token_vectors = bool(
             alternatives is None and rule == "product" and self.recipe is not None and self.recipe.try_token_vectors
             and token_vector_conflict(self.reweighter_overrides, self.train_overrides.get("strength_by", "loss")) is None)
+        # likewise a recipe's whole-vocabulary reweighter at a lower black-box weight (train.blackbox_weight_candidate)
+        self.tried_blackbox_weight = (
+            self.recipe.try_blackbox_weight if alternatives is None and rule == "product" and self.recipe is not None
+            and self.train_overrides.get("strength_by", "loss") != "loss" else 0.0)
 
     def recipe_settings(self) -> dict[str, Any] | None:
         settings = super().recipe_settings()
         if settings is not None and not self.tries_token_vectors:  # the recipe's choice does not apply here
             settings.pop("try_token_vectors", None)
+        if settings is not None and not self.tried_blackbox_weight:
+            settings.pop("try_blackbox_weight", None)
         return settings
 
     def run(self, ctx: CellContext) -> MethodOutput:
@@ -325,15 +333,17 @@ class TrainedCombination(Method):
             overrides["mixture_weight"] = self.mixture_weight
         t1 = time.perf_counter()
         reweighter, info = train_reweighter(ctx, overrides, self.reweighter_overrides)
-        alternatives, skipped = self.alternatives, None
+        alternatives, skipped = list(self.alternatives), None
         if self.tries_token_vectors:
             from ..blackbox.registry import missing_token_vectors, token_vector_source
 
             missing = missing_token_vectors(ctx.blackbox_name)
             if missing is None:
-                alternatives = [{"token_vectors_from": token_vector_source(ctx.blackbox_name)}]
+                alternatives.append({"token_vectors_from": token_vector_source(ctx.blackbox_name)})
             else:  # e.g. a .gguf black box: no embedding table to read, so the configured reweighter alone
                 skipped = f"the recipe's token-vector alternative skipped: {missing}"
+        if self.tried_blackbox_weight:  # the same settings as `train --try-blackbox-weight`
+            alternatives.append({"train": dict(blackbox_weight_candidate(ReweighterConfig(), self.tried_blackbox_weight).train)})
         if alternatives:
             trained = [(reweighter, info)]
             for alt in alternatives:
