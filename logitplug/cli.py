@@ -226,8 +226,10 @@ def train(
                   "(in (0, 1); 0: not tried) and keep it where it writes the better held-out text (needs --strength-by a "
                   "text metric). Trusting the black box less lets the plugin write the task's own stock phrasing where it "
                   "lies outside the black box's top tokens: on Adidas a weight of 0.5 beat the top-20 plugin on every "
-                  "metric, on CommonGen it lost every one (BENCHMARKS.md). It trains under OUTPUT_DIR/candidates beside "
-                  "the others, from the same cached log-probs; a whole-vocabulary training costs several top-20 ones"),
+                  "metric, on CommonGen held-out text rejected it. Caution: on E2E it could not copy names it never "
+                  "saw in training and lost 11 BLEU on test while its held-out text looked even (BENCHMARKS.md). It "
+                  "trains under OUTPUT_DIR/candidates beside the others, from the same cached log-probs; a "
+                  "whole-vocabulary training costs several top-20 ones"),
     held_out_tokens: int = typer.Option(
         0, help="longest held-out answer, in tokens, when held-out text is decoded (demonstration count, strength, "
                 "reweighter choices); 0: a quarter more than the longest held-out target, so long targets are not cut "
