@@ -794,7 +794,9 @@ class Candidate:
 def blackbox_weight_candidate(reweighter: ReweighterConfig, weight: float) -> Candidate:
     """The whole-vocabulary plugin at black-box weight ``weight`` (``log_softmax(w z_bb + alpha z_r)``):
     where the task's text lies outside the black box's top tokens (Adidas's catalogue sentences), it
-    writes what a top-k plugin cannot; where it does not (CommonGen), held-out text rejects it."""
+    writes what a top-k plugin cannot; where it does not (CommonGen), held-out text rejects it. Where the
+    task copies names training never showed (E2E), it cannot, and held-out text renamed with training's
+    pseudo-names does not show that (BENCHMARKS.md, session 21): not in the default recipe."""
     return Candidate(reweighter, {"support_k": 0, "blackbox_weight": float(weight)})
 
 
