@@ -290,7 +290,7 @@ def train(
     if o["try_blackbox_weight"]:
         from .train import blackbox_weight_conflict
 
-        conflict = blackbox_weight_conflict(tcfg, o["try_blackbox_weight"])
+        conflict = blackbox_weight_conflict(o["try_blackbox_weight"], tcfg.rule, tcfg.strength_by)
         if conflict is None:
             tried_weight = float(o["try_blackbox_weight"])
         elif _given(ctx, "try_blackbox_weight"):
@@ -334,13 +334,9 @@ def train(
         from .selection import held_out_scorers
 
         scorers = held_out_scorers(tcfg, bb, tmpl, eval_rows, held_out_generation)
-        candidates: dict[str, Any] = {"default": rcfg}
-        if source is not None:
-            candidates["token-vectors"] = replace(rcfg, token_vectors_from=source)
-        if tried_weight:
-            from .train import blackbox_weight_candidate
+        from .train import plugin_candidates
 
-            candidates[f"blackbox-weight-{tried_weight:g}"] = blackbox_weight_candidate(rcfg, tried_weight)
+        candidates = plugin_candidates(rcfg, source, tried_weight)
         if len(candidates) > 1:
             from .train import train_and_choose
 

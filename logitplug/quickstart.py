@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from ._io import stable_key
 from .blackbox import load_blackbox
@@ -28,8 +27,8 @@ from .recipes import DEFAULT_RECIPE, get_recipe
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
 from .selection import fix_demonstrations, held_out_scorers
 from .train import (
-    CHOICE_NAME, TrainConfig, blackbox_weight_candidate, blackbox_weight_conflict, plugin_finished, token_vector_conflict,
-    train, train_and_choose, trained_rule,
+    CHOICE_NAME, TrainConfig, blackbox_weight_conflict, plugin_candidates, plugin_finished, token_vector_conflict, train,
+    train_and_choose, trained_rule,
 )
 
 
@@ -83,12 +82,10 @@ def run_quickstart(
         scorers = held_out_scorers(tcfg, bb, prompted, eval_set, gcfg)  # the recipe's strength choice, if any
         rcfg = ReweighterConfig(**chosen.reweighter)
         obstacle = token_vector_conflict(rcfg, tcfg.strength_by) or missing_token_vectors(blackbox_name)
-        candidates: dict[str, Any] = {"default": rcfg}
-        if chosen.try_token_vectors and obstacle is None:  # a second plugin on the black box's own token vectors
-            candidates["token-vectors"] = replace(rcfg, token_vectors_from=token_vector_source(blackbox_name))
-        weight = chosen.try_blackbox_weight
-        if weight and blackbox_weight_conflict(tcfg, weight) is None:  # a whole-vocabulary one trusting the black box less
-            candidates[f"blackbox-weight-{weight:g}"] = blackbox_weight_candidate(rcfg, weight)
+        weight = chosen.try_blackbox_weight  # a whole-vocabulary plugin trusting the black box less, where it applies
+        candidates = plugin_candidates(  # a second plugin on the black box's own token vectors, where it applies
+            rcfg, token_vector_source(blackbox_name) if chosen.try_token_vectors and obstacle is None else None,
+            weight if weight and blackbox_weight_conflict(weight, tcfg.rule, tcfg.strength_by) is None else 0.0)
         if len(candidates) > 1:
             result, choice = train_and_choose(bb, train_set, eval_set, prompted, tcfg, candidates, **scorers)
             print(f"kept the {choice['chosen']} reweighter (held-out text mix: "

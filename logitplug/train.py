@@ -771,14 +771,15 @@ def token_vector_conflict(reweighter: dict[str, Any] | ReweighterConfig, strengt
     return None
 
 
-def blackbox_weight_conflict(config: TrainConfig, weight: float) -> str | None:
-    """Why these settings rule out also training a whole-vocabulary plugin that scales the black box's
-    log-probs by ``weight`` and keeping the better one, or None."""
+def blackbox_weight_conflict(weight: float, rule: str, strength_by: str) -> str | None:
+    """Why these settings (a run's ``rule`` and ``strength_by``) rule out also training a
+    whole-vocabulary plugin that scales the black box's log-probs by ``weight`` and keeping the
+    better one, or None."""
     if not (math.isfinite(weight) and 0 < weight < 1):
         return f"the tried black-box weight must be in (0, 1) (1 is the configured plugin's own rule), got {weight!r}"
-    if config.rule != "product":
-        return f"a black-box weight scales the product rule's black-box term; the rule here is {config.rule!r}"
-    return token_vector_conflict({}, config.strength_by)
+    if rule != "product":
+        return f"a black-box weight scales the product rule's black-box term; the rule here is {rule!r}"
+    return token_vector_conflict({}, strength_by)
 
 
 @dataclass(frozen=True)
@@ -797,7 +798,25 @@ def blackbox_weight_candidate(reweighter: ReweighterConfig, weight: float) -> Ca
     writes what a top-k plugin cannot; where it does not (CommonGen), held-out text rejects it. Where the
     task copies names training never showed (E2E), it cannot, and held-out text renamed with training's
     pseudo-names does not show that (BENCHMARKS.md, session 21): not in the default recipe."""
-    return Candidate(reweighter, {"support_k": 0, "blackbox_weight": float(weight)})
+    return Candidate(reweighter, blackbox_weight_settings(weight))
+
+
+def blackbox_weight_settings(weight: float) -> dict[str, Any]:
+    """The training settings of ``blackbox_weight_candidate``: the whole vocabulary at black-box weight ``weight``."""
+    return {"support_k": 0, "blackbox_weight": float(weight)}
+
+
+def plugin_candidates(reweighter: ReweighterConfig, token_vectors_from: str | None = None,
+                      blackbox_weight: float = 0.0) -> dict[str, ReweighterConfig | Candidate]:
+    """The plugins ``train_and_choose`` compares, by the names of their folders under ``candidates/``:
+    the configured reweighter, and where given one on pretrained token vectors and one at a lower
+    black-box weight."""
+    out: dict[str, ReweighterConfig | Candidate] = {"default": reweighter}
+    if token_vectors_from:
+        out["token-vectors"] = replace(reweighter, token_vectors_from=token_vectors_from)
+    if blackbox_weight:
+        out[f"blackbox-weight-{blackbox_weight:g}"] = blackbox_weight_candidate(reweighter, blackbox_weight)
+    return out
 
 
 CANDIDATES_DIR = "candidates"

@@ -445,10 +445,10 @@ def test_blackbox_weight_candidates_are_checked_before_any_training(tmp_path):
     from logitplug.train import Candidate, blackbox_weight_candidate, blackbox_weight_conflict, train_and_choose
 
     by_text = _config(tmp_path, strength_by="BLEU", strength_candidates=(0.0, 1.0), support_k=4)
-    assert blackbox_weight_conflict(by_text, 0.5) is None
-    assert "(0, 1)" in blackbox_weight_conflict(by_text, 1.0) and "(0, 1)" in blackbox_weight_conflict(by_text, 0.0)
-    assert "product" in blackbox_weight_conflict(_config(tmp_path, rule="mixture"), 0.5)
-    assert "strength_by" in blackbox_weight_conflict(_config(tmp_path), 0.5)
+    assert blackbox_weight_conflict(0.5, by_text.rule, by_text.strength_by) is None
+    assert "(0, 1)" in blackbox_weight_conflict(1.0, "product", "BLEU") and "(0, 1)" in blackbox_weight_conflict(0.0, "product", "BLEU")
+    assert "product" in blackbox_weight_conflict(0.5, "mixture", "loss")
+    assert "strength_by" in blackbox_weight_conflict(0.5, "product", "loss")
     tried = blackbox_weight_candidate(SMALL, 0.25)
     assert tried.reweighter is SMALL and dict(tried.train) == {"support_k": 0, "blackbox_weight": 0.25}
     scorer = lambda reweighter, rule=None: {"BLEU": 1.0}  # noqa: E731 -- never called: the checks come first

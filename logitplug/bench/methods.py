@@ -30,7 +30,7 @@ from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import WEIGHTS_NAME, LogitDifference, Reweighter, ReweighterConfig, read_sidecar
 from ..selection import choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers
 from ..train import (
-    TrainConfig, blackbox_weight_candidate, choose_strength, plugin_finished, token_vector_conflict, train, trained_rule,
+    TrainConfig, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, plugin_finished, token_vector_conflict, train, trained_rule,
 )
 
 
@@ -309,9 +309,9 @@ class TrainedCombination(Method):
             alternatives is None and rule == "product" and self.recipe is not None and self.recipe.try_token_vectors
             and token_vector_conflict(self.reweighter_overrides, self.train_overrides.get("strength_by", "loss")) is None)
         # likewise a recipe's whole-vocabulary reweighter at a lower black-box weight (train.blackbox_weight_candidate)
-        self.tried_blackbox_weight = (
-            self.recipe.try_blackbox_weight if alternatives is None and rule == "product" and self.recipe is not None
-            and self.train_overrides.get("strength_by", "loss") != "loss" else 0.0)
+        weight = self.recipe.try_blackbox_weight if alternatives is None and self.recipe is not None else 0.0
+        self.tried_blackbox_weight = weight if weight and blackbox_weight_conflict(
+            weight, rule, self.train_overrides.get("strength_by", "loss")) is None else 0.0
 
     def recipe_settings(self) -> dict[str, Any] | None:
         settings = super().recipe_settings()
@@ -343,7 +343,7 @@ class TrainedCombination(Method):
             else:  # e.g. a .gguf black box: no embedding table to read, so the configured reweighter alone
                 skipped = f"the recipe's token-vector alternative skipped: {missing}"
         if self.tried_blackbox_weight:  # the same settings as `train --try-blackbox-weight`
-            alternatives.append({"train": dict(blackbox_weight_candidate(ReweighterConfig(), self.tried_blackbox_weight).train)})
+            alternatives.append({"train": blackbox_weight_settings(self.tried_blackbox_weight)})
         if alternatives:
             trained = [(reweighter, info)]
             for alt in alternatives:
