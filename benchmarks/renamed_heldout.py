@@ -1,9 +1,10 @@
 """Does the held-out text behind the plugin choices see what test sees for names the plugin never
 learned? Each plugin cell's kept plugin decodes the held-out inputs (the bench's choice pool, the
 first ``select_inputs``) three ways: as they are, with every copied name replaced by a pseudo-name
-made of the syllables training's copy augmentation uses (``select_renamed``'s names), and by one
-made of other syllables (tokens the reweighter never had as targets, as a test split's new names
-are). Each is scored at the strength the cell decodes test with, beside the cell's test score.
+made of the syllables training's copy augmentation uses (``select_renamed_syllables: training``, the
+renamed choice's names until session 22), and by one made of other syllables (tokens the reweighter
+never had as targets, as a test split's new names are; ``held-out``, the default since). Each is
+scored at the strength the cell decodes test with, beside the cell's test score.
 
 Session 21 found the question: on E2E a whole-vocabulary plugin at black-box weight 0.5 matched the
 default plugin's held-out text (metric mix 0.978 vs 0.976) and lost 11 BLEU on test, writing "a
@@ -16,7 +17,6 @@ coffee shop called the city centre" for "Blue Spice". Writes benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -28,27 +28,6 @@ from logitplug.bench import load_config  # noqa: E402
 from logitplug.bench.runner import blackbox_label, cell_path, prepare_task  # noqa: E402
 
 METRICS = ["BLEU", "METEOR", "ROUGE-L", "CIDEr"]
-# none of these is one of logitplug.data.augment._SYLLABLES
-OTHER_SYLLABLES = ("be", "gu", "shen", "pek", "yar", "dox", "nim", "fey", "jub", "wox", "ep", "kru", "zim", "hog",
-                   "tav", "ux", "plen", "sny", "ex", "gar")
-
-
-def other_names():
-    """A context in which pseudo-names are made of OTHER_SYLLABLES."""
-    from logitplug.data import augment
-
-    @contextlib.contextmanager
-    def swapped():
-        saved = augment._SYLLABLES
-        augment._SYLLABLES = OTHER_SYLLABLES
-        try:
-            yield
-        finally:
-            augment._SYLLABLES = saved
-
-    return swapped()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", type=Path)
@@ -81,10 +60,10 @@ def main() -> None:
             plugin = Reweighter.from_pretrained(folder, bb.fingerprint)
             row = {"method": method, "blackbox": blackbox_label(bb_name), "rule": rule.signature(),
                    "test": {m: cell["scores"][m] for m in METRICS}}
-            for label, renamed, names in (("as they are", 0.0, contextlib.nullcontext), ("training's pseudo-names", 1.0,
-                                          contextlib.nullcontext), ("other pseudo-names", 1.0, other_names)):
-                with names():  # the inputs are renamed when the scorer is made
-                    scorer = text_metrics_scorer(bb, template, held_out, METRICS, rule, gen, args.inputs, renamed, args.seed)
+            for label, renamed, syllables in (("as they are", 0.0, "held-out"), ("training's pseudo-names", 1.0, "training"),
+                                              ("other pseudo-names", 1.0, "held-out")):
+                scorer = text_metrics_scorer(bb, template, held_out, METRICS, rule, gen, args.inputs, renamed, args.seed,
+                                             syllables)
                 row[label] = scorer(plugin)
                 print(method, label, {m: round(v, 2) for m, v in row[label].items()}, flush=True)
             rows.append(row)

@@ -78,7 +78,7 @@ def train_speed(bb, rows, eval_rows, repeats: int) -> dict:
     demos, rows = draw_demonstrations(rows, count, 0)
     template = TEMPLATES["e2e"].with_demonstrations(demos)
     # the strength choice by held-out text decodes after training: not part of an epoch's cost
-    text_choice = ("strength_by", "strength_candidates", "strength_margin", "select_renamed")
+    text_choice = ("strength_by", "strength_candidates", "strength_margin", "select_renamed", "select_renamed_syllables")
     settings = {**{k: v for k, v in recipe.train.items() if k not in text_choice}, "epochs": 1, "progress": False,
                 "checkpoint_every": 0}
     # cached: the default (the loss over the support's head rows); cached_dense: the same loss over

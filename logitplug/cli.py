@@ -201,6 +201,7 @@ def train(
     select_by: str = typer.Option("loss", help=_help(_T, "select_by")),
     select_inputs: int = typer.Option(100, help=_help(_T, "select_inputs")),
     select_renamed: float = typer.Option(0.0, help=_help(_T, "select_renamed")),
+    select_renamed_syllables: str = typer.Option("held-out", help=_help(_T, "select_renamed_syllables")),
     copy_augment: float = typer.Option(0.0, help=_help(_T, "copy_augment")),
     layers: int = typer.Option(1, help=_help(_R, "num_layers")),
     hidden: int = typer.Option(256, help=_help(_R, "hidden_size")),

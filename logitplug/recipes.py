@@ -41,6 +41,7 @@ class Recipe:
             out.pop("alpha_grid", None)
         elif "strength_by" not in out:  # no choice by held-out text left to rename inputs for
             out.pop("select_renamed", None)
+            out.pop("select_renamed_syllables", None)
         return out
 
     def settings(self) -> dict[str, Any]:
@@ -85,10 +86,13 @@ RECIPES: dict[str, Recipe] = {
         # (benchmarks/results/strength-choice.md vs the rerun's sidecar), so smaller leads are noise.
         # select_renamed: E2E's held-out rows name the training rows' venues, half of test's are new;
         # on seen names a strength of 1.5 won validation and lost test (BENCHMARKS.md, main job)
+        # select_renamed_syllables: with training's own pseudo-name syllables a renamed held-out choice
+        # saw a tie where test lost 11 BLEU (session 21, benchmarks/results/renamed-heldout-e2e.md)
         train={"copy_augment": 0.5, "support_k": 20, "support_eos": True, "max_length": 1024,
                "alpha_grid": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0),
                "strength_by": "BLEU+METEOR+ROUGE-L+CIDEr", "strength_candidates": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5),
-               "strength_margin": 0.02, "select_renamed": 0.5},
+               "strength_margin": 0.02, "select_renamed": 0.5,
+               "select_renamed_syllables": "held-out"},
     ),
 }
 DEFAULT_RECIPE = "logitplug"

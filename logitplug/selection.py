@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from .blackbox import BlackBox
 from .combine import BlackBoxOnly, CombinationRule
 from .data import Example, PromptTemplate, draw_demonstrations, encode_prompt, group_by_input
-from .data.augment import rename_held_out
+from .data.augment import SYLLABLES, rename_held_out
 from .decode import Decoder, GenerationConfig
 from .eval import evaluate, metric_names
 from .reweighter import Reweighter, read_sidecar
@@ -35,16 +35,18 @@ def text_metrics_scorer(
     max_inputs: int = 100,
     renamed: float = 0.0,
     seed: int = 0,
+    renamed_syllables: str = "held-out",
 ) -> TextMetricsScorer:
     """A scorer of a reweighter: each of ``metrics`` of its greedy outputs (through ``rule``, or
     the rule given with the call) on the first ``max_inputs`` distinct held-out inputs, against
     all their references. One decode serves every metric. A seeded ``renamed`` fraction of the
-    inputs get pseudo-names for their copied names (``rename_held_out``)."""
+    inputs get pseudo-names for their copied names (``rename_held_out``), made of the
+    ``renamed_syllables`` inventory (``logitplug.data.augment.SYLLABLES``)."""
     inputs = [ex for ex in group_by_input(held_out) if ex.references][:max_inputs]
     if not inputs:
         raise ValueError("selection by a text metric needs held-out examples with targets")
     if renamed:
-        inputs = rename_held_out(inputs, renamed, seed)
+        inputs = rename_held_out(inputs, renamed, seed, SYLLABLES[renamed_syllables])
     gen = replace(generation or GenerationConfig(repetition_penalty=1.1), strategy="greedy")
     room = blackbox.max_context - gen.max_new_tokens
     prompts = [encode_prompt(blackbox.tokenizer, template, ex.input, room) for ex in inputs]
@@ -90,10 +92,12 @@ def text_metric_selector(
     max_inputs: int = 100,
     renamed: float = 0.0,
     seed: int = 0,
+    renamed_syllables: str = "held-out",
 ) -> Callable[..., float]:
     """A scorer (higher is better) of a reweighter: ``metric`` of its greedy outputs, as
     ``text_metrics_scorer`` computes it."""
-    scores = text_metrics_scorer(blackbox, template, held_out, [metric], rule, generation, max_inputs, renamed, seed)
+    scores = text_metrics_scorer(blackbox, template, held_out, [metric], rule, generation, max_inputs, renamed, seed,
+                                 renamed_syllables)
     return lambda reweighter, with_rule=None: scores(reweighter, with_rule)[metric]
 
 
@@ -105,11 +109,12 @@ def held_out_scorers(config: Any, blackbox: BlackBox, template: PromptTemplate, 
     out: dict[str, Callable[..., float]] = {}
     if config.select_by != "loss":
         out["selector"] = text_metric_selector(blackbox, template, held_out, config.select_by, rule, generation,
-                                               config.select_inputs, config.select_renamed, config.seed)
+                                               config.select_inputs, config.select_renamed, config.seed,
+                                               config.select_renamed_syllables)
     if config.strength_by != "loss":
         out["strength_selector"] = text_metrics_scorer(blackbox, template, held_out, metric_names(config.strength_by),
                                                        rule, generation, config.select_inputs, config.select_renamed,
-                                                       config.seed)
+                                                       config.seed, config.select_renamed_syllables)
     return out
 
 

@@ -27,7 +27,7 @@ from .blackbox import BlackBox, logitplug_home
 from .cache import LogProbCache
 from .combine import SupportProductRule, get_rule
 from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, targets_of
-from .data.augment import augment_copied_names
+from .data.augment import SYLLABLES, augment_copied_names
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
 from .reweighter.model import SIDECAR_NAME, WEIGHTS_NAME, token_evidence
 from .selection import STRENGTH_OUTPUTS_NAME, choose_plugin
@@ -162,6 +162,12 @@ class TrainConfig:
                           "the references are replaced by pseudo-names, so the choice also sees names the plugin never "
                           "trained on, as test inputs often have (logitplug.data.augment.rename_held_out)"},
     )
+    select_renamed_syllables: str = field(
+        default="held-out",
+        metadata={"help": "what select_renamed's pseudo-names are made of: 'held-out' (syllables training's copy "
+                          "augmentation never uses, as a test split's new names are new to the plugin) or 'training' "
+                          "(the augmentation's own, sessions 9-21's behaviour)"},
+    )
     checkpoint_every: int = field(default=200, metadata={"help": "optimizer steps between checkpoints (0: per epoch only)"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: no limit)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
@@ -188,6 +194,9 @@ class TrainConfig:
         if self.blackbox_weight != 1 and (self.rule != "product" or self.support_k):
             raise ValueError("TrainConfig.blackbox_weight below 1 needs rule='product' over the whole vocabulary "
                              "(support_k=0): a support's rest bucket has no per-token black-box values to scale")
+        if self.select_renamed_syllables not in SYLLABLES:
+            raise ValueError(f"TrainConfig.select_renamed_syllables must be one of {', '.join(map(repr, SYLLABLES))}, "
+                             f"got {self.select_renamed_syllables!r}")
         for name in ("copy_augment", "select_renamed"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")

@@ -368,14 +368,16 @@ def test_variants_that_differ_only_in_the_strength_choice_share_one_training_run
     real_train = methods.train
     monkeypatch.setattr(methods, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
     renamed = {**by_text, "name": "renamed", "train": {**by_text["train"], "select_renamed": 1.0}}
+    renamed_old = {**renamed, "name": "renamed-old", "train": {**renamed["train"], "select_renamed_syllables": "training"}}
     wider = {**by_text, "name": "wider", "train": {**by_text["train"], "select_inputs": 5}}
-    raw["methods"] = [by_loss, by_text, renamed, wider]
+    raw["methods"] = [by_loss, by_text, renamed, renamed_old, wider]
     run_bench(parse_config(raw), progress=False)
     # the weights trained for by-loss serve the others: only their strengths are chosen anew
     assert trainings == []
     folders = {m: json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / m / "seed0.json").read_text())
-               ["info"]["artifact"] for m in ("by-text", "renamed", "wider")}
-    assert len(set(folders.values())) == 3  # renamed or more held-out inputs are other choices, kept apart
+               ["info"]["artifact"] for m in ("by-text", "renamed", "renamed-old", "wider")}
+    # renamed (with either syllable inventory) or more held-out inputs are other choices, kept apart
+    assert len(set(folders.values())) == 4
     # more inputs for the choice than the loss's 2: the rest of the validation split, after those 2
     decoded = {m: json.loads((Path(f) / "strength_outputs.json").read_text())["inputs"] for m, f in folders.items()}
     assert len(decoded["by-text"]) == 2 and len(decoded["wider"]) == 5 and decoded["wider"][:2] == decoded["by-text"]

@@ -87,6 +87,8 @@ def test_held_out_scorers_decode_renamed_inputs_when_the_config_asks(monkeypatch
         assert kept == (20 if renamed == 0 else 0)
     with pytest.raises(ValueError, match="select_renamed"):
         TrainConfig(output_dir="-", select_renamed=2)
+    with pytest.raises(ValueError, match="select_renamed_syllables must be one of 'training', 'held-out'"):
+        TrainConfig(output_dir="-", select_renamed=0.5, select_renamed_syllables="test")
 
 
 def _plugin_with_held_out_scores(folder, scores: dict, alpha: float):

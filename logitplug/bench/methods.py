@@ -255,9 +255,12 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         rcfg = ReweighterConfig(**{**ctx.reweighter_overrides, **reweighter_overrides})
         probe = TrainConfig(output_dir="-", **settings)
         changed = {k: v for k, v in _changed(probe).items() if k not in ("output_dir", "cache_dir", "progress")}
+        if probe.select_renamed:  # its inventory always keys a renamed choice (the default changed in session 22)
+            changed["select_renamed_syllables"] = probe.select_renamed_syllables
         # how the strength is chosen after training is not part of the training run's key: variants
         # that differ only there share the trained weights and redo just the choice
-        after_only = _STRENGTH_CHOICE + (("select_renamed", "select_inputs") if probe.select_by == "loss" else ())
+        after_only = _STRENGTH_CHOICE + (("select_renamed", "select_renamed_syllables", "select_inputs")
+                                         if probe.select_by == "loss" else ())
         after = {k: changed.pop(k) for k in after_only if k in changed}
         key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), changed, _changed(rcfg))
         trained = ctx.models_dir / f"reweighter-{key}"
