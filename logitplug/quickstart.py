@@ -65,6 +65,7 @@ def run_quickstart(
     template = TEMPLATES["e2e"]
     # a blank line ends an answer (no E2E reference holds one; demonstrations are separated by one)
     gcfg = GenerationConfig(max_new_tokens=max_new_tokens, repetition_penalty=1.1, batch_size=8, stop_strings=("\n\n",))
+    all_rows = train_set  # the whole-vocabulary candidate trains on every row, behind the prompt without demonstrations
     prompted, train_set, demo_info = fix_demonstrations(bb, template, train_set, eval_set, chosen.demonstrations, seed,
                                                         gcfg, max_inputs=50)
     if "demonstration_scores" in demo_info:
@@ -85,9 +86,11 @@ def run_quickstart(
         weight = chosen.try_blackbox_weight  # a whole-vocabulary plugin trusting the black box less, where it applies
         candidates = plugin_candidates(  # a second plugin on the black box's own token vectors, where it applies
             rcfg, token_vector_source(blackbox_name) if chosen.try_token_vectors and obstacle is None else None,
-            weight if weight and blackbox_weight_conflict(weight, tcfg.rule, tcfg.strength_by) is None else 0.0)
+            weight if weight and blackbox_weight_conflict(weight, tcfg.rule, tcfg.strength_by) is None else 0.0,
+            (template, all_rows))
         if len(candidates) > 1:
-            result, choice = train_and_choose(bb, train_set, eval_set, prompted, tcfg, candidates, **scorers)
+            result, choice = train_and_choose(bb, train_set, eval_set, prompted, tcfg, candidates, generation=gcfg,
+                                              **scorers)
             print(f"kept the {choice['chosen']} reweighter (held-out text mix: "
                   + ", ".join(f"{n} {m:.3f}" for n, m in choice["held_out_mix"].items()) + ")")
         else:

@@ -30,7 +30,7 @@ from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, 
 from .data.augment import SYLLABLES, augment_copied_names
 from .reweighter import Reweighter, ReweighterConfig, read_sidecar
 from .reweighter.model import SIDECAR_NAME, WEIGHTS_NAME, token_evidence
-from .selection import STRENGTH_OUTPUTS_NAME, choose_plugin
+from .selection import STRENGTH_OUTPUTS_NAME, choose_plugin, held_out_scorers
 
 logger = logging.getLogger(__name__)
 
@@ -793,21 +793,28 @@ def blackbox_weight_conflict(weight: float, rule: str, strength_by: str) -> str 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One plugin ``train_and_choose`` tries: its reweighter, and the training settings in which it
+    """One plugin ``train_and_choose`` tries: its reweighter, the training settings in which it
     differs from the run's (e.g. ``{"support_k": 0, "blackbox_weight": 0.5}``: the whole vocabulary,
-    the black box trusted less)."""
+    the black box trusted less), and its own prompt and training rows where they differ from the
+    run's (``template``, ``examples``: e.g. the task prompt without the run's demonstrations, and
+    every row, the demonstrations' included)."""
 
     reweighter: ReweighterConfig
     train: Mapping[str, Any] = field(default_factory=dict)
+    template: PromptTemplate | None = None
+    examples: Sequence[Example] | None = None
 
 
-def blackbox_weight_candidate(reweighter: ReweighterConfig, weight: float) -> Candidate:
+def blackbox_weight_candidate(reweighter: ReweighterConfig, weight: float,
+                              prompt: tuple[PromptTemplate, Sequence[Example]] | None = None) -> Candidate:
     """The whole-vocabulary plugin at black-box weight ``weight`` (``log_softmax(w z_bb + alpha z_r)``):
     where the task's text lies outside the black box's top tokens (Adidas's catalogue sentences), it
-    writes what a top-k plugin cannot; where it does not (CommonGen), held-out text rejects it. Where the
-    task copies names training never showed (E2E), it cannot, and held-out text renamed with training's
-    pseudo-names does not show that (BENCHMARKS.md, session 21): not in the default recipe."""
-    return Candidate(reweighter, blackbox_weight_settings(weight))
+    writes what a top-k plugin cannot; where it does not (CommonGen), held-out text rejects it.
+    ``prompt``: its own template and training rows, the task prompt without demonstrations in the
+    default recipe (on Adidas it wrote the catalogue's sentences far better without them: 9.24 BLEU
+    against 4.78 behind three; BENCHMARKS.md, session 22)."""
+    template, examples = prompt if prompt is not None else (None, None)
+    return Candidate(reweighter, blackbox_weight_settings(weight), template, examples)
 
 
 def blackbox_weight_settings(weight: float) -> dict[str, Any]:
@@ -816,15 +823,18 @@ def blackbox_weight_settings(weight: float) -> dict[str, Any]:
 
 
 def plugin_candidates(reweighter: ReweighterConfig, token_vectors_from: str | None = None,
-                      blackbox_weight: float = 0.0) -> dict[str, ReweighterConfig | Candidate]:
+                      blackbox_weight: float = 0.0,
+                      blackbox_weight_prompt: tuple[PromptTemplate, Sequence[Example]] | None = None,
+                      ) -> dict[str, ReweighterConfig | Candidate]:
     """The plugins ``train_and_choose`` compares, by the names of their folders under ``candidates/``:
     the configured reweighter, and where given one on pretrained token vectors and one at a lower
-    black-box weight."""
+    black-box weight (on ``blackbox_weight_prompt``'s template and rows, when given)."""
     out: dict[str, ReweighterConfig | Candidate] = {"default": reweighter}
     if token_vectors_from:
         out["token-vectors"] = replace(reweighter, token_vectors_from=token_vectors_from)
     if blackbox_weight:
-        out[f"blackbox-weight-{blackbox_weight:g}"] = blackbox_weight_candidate(reweighter, blackbox_weight)
+        out[f"blackbox-weight-{blackbox_weight:g}"] = blackbox_weight_candidate(reweighter, blackbox_weight,
+                                                                                 blackbox_weight_prompt)
     return out
 
 
@@ -840,10 +850,13 @@ def train_and_choose(
     config: TrainConfig,
     candidates: Mapping[str, ReweighterConfig | Candidate],
     margin: float = 0.02,
+    generation: Any = None,
     **scorers: Any,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train one plugin per candidate (a reweighter, or a ``Candidate`` that also changes training
-    settings), keep the one whose held-out text scores best.
+    settings, prompt or rows), keep the one whose held-out text scores best. ``scorers`` are the
+    run's (``selection.held_out_scorers`` for ``template``); a candidate with its own template gets
+    its own, decoding held-out text with ``generation`` as the run's do.
 
     No reweighter wins every task: pretrained token vectors beat the default on CommonGen's new
     concept sets and lose on E2E (BENCHMARKS.md); on the 10 task-seeds measured, held-out text never
@@ -856,22 +869,24 @@ def train_and_choose(
         raise ValueError(token_vector_conflict({}, "loss"))
     if not candidates:
         raise ValueError("train_and_choose needs at least one candidate reweighter")
-    configs: dict[str, tuple[TrainConfig, ReweighterConfig]] = {}
+    configs: dict[str, tuple[TrainConfig, Candidate]] = {}
     known = {f.name for f in fields(TrainConfig)}
     for name, candidate in candidates.items():  # every candidate's settings checked before any training
         candidate = candidate if isinstance(candidate, Candidate) else Candidate(candidate)
+        if candidate.examples is not None and not candidate.examples:
+            raise ValueError(f"candidate {name!r} has no training rows")
         unknown = sorted(set(candidate.train) - known)
         if unknown or "output_dir" in candidate.train:
             raise ValueError(f"candidate {name!r}: {unknown or ['output_dir']} are not training settings it can change")
         if candidate.train and config.select_by != "loss":  # the epoch scorer decodes through the run's own rule
             raise ValueError(f"candidate {name!r} changes training settings, so its epochs cannot be scored by held-out "
                              f"{config.select_by} through the run's rule; choose epochs by loss (select_by='loss')")
-        configs[name] = (replace(config, **candidate.train), candidate.reweighter)
+        configs[name] = (replace(config, **candidate.train), candidate)
     out = Path(config.output_dir)
     if (out / "logitplug.json").exists():
         raise FileExistsError(f"{out} already holds a trained plugin; choose another --output-dir or delete it")
     results: dict[str, TrainResult] = {}
-    for name, (tcfg, rcfg) in configs.items():
+    for name, (tcfg, candidate) in configs.items():
         folder = out / CANDIDATES_DIR / name
         if plugin_finished(folder):
             history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").exists() else []
@@ -880,8 +895,13 @@ def train_and_choose(
             logger.info("candidate %s already trained in %s", name, folder)
             continue
         logger.info("training candidate reweighter %s (%d of %d)", name, len(results) + 1, len(candidates))
-        results[name] = train(blackbox, train_examples, eval_examples, template, replace(tcfg, output_dir=str(folder)),
-                              rcfg, **scorers)
+        prompt, own_scorers = template, scorers
+        if candidate.template is not None and candidate.template != template:  # held-out text behind its own prompt
+            prompt, own_scorers = candidate.template, held_out_scorers(tcfg, blackbox, candidate.template,
+                                                                        eval_examples, generation)
+        results[name] = train(blackbox, train_examples if candidate.examples is None else candidate.examples,
+                              eval_examples, prompt, replace(tcfg, output_dir=str(folder)), candidate.reweighter,
+                              **own_scorers)
     index, mixes = choose_plugin([r.plugin_dir for r in results.values()], margin)
     chosen = list(results)[index]
     choice = {"chosen": chosen, "margin": margin, "held_out_mix": dict(zip(results, mixes)),

@@ -520,22 +520,43 @@ def test_a_recipe_that_tries_a_blackbox_weight_adds_a_whole_vocabulary_candidate
 
     by_text = {"alpha_grid": [1.0], "strength_by": "BLEU+ROUGE-L", "strength_candidates": [0.0, 1.0], "select_inputs": 2,
                "support_k": 4}
-    monkeypatch.setitem(RECIPES, "tries-w", Recipe("tries-w", "test", train=by_text, try_blackbox_weight=0.5))
+    monkeypatch.setitem(RECIPES, "tries-w", Recipe("tries-w", "test", demonstrations=1, train=by_text,
+                                                   try_blackbox_weight=0.5))
     plugin = make_method({"name": "p", "method": "plugin", "recipe": "tries-w"})
     assert plugin.tried_blackbox_weight == 0.5 and plugin.recipe_settings()["try_blackbox_weight"] == 0.5
     for spec in ({"alternatives": []}, {"train": {"strength_by": "loss"}}):
         variant = make_method({"name": "v", "method": "plugin", "recipe": "tries-w", **spec})
         assert not variant.tried_blackbox_weight and "try_blackbox_weight" not in variant.recipe_settings()
     assert "try_blackbox_weight" not in RECIPES["paper"].settings()  # recipes without it keep their keys
+    with pytest.raises(ValueError, match="alternative's 'icl'"):
+        make_method({"name": "v", "method": "plugin", "alternatives": [{"icl": "none"}]})
     raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[{"name": "p", "method": "plugin", "recipe": "tries-w"}],
                data={"train_rows": 12, "validation_inputs": 2, "test_inputs": 3})
     run_bench(parse_config(raw), progress=False)
     cell = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "p" / "seed0.json").read_text())
     choice = cell["info"]["reweighter_choice"]
-    assert choice["candidates"] == [{}, {"train": {"support_k": 0, "blackbox_weight": 0.5}}] and len(choice["held_out_mix"]) == 2
-    kept = json.loads((Path(cell["info"]["artifact"]) / "logitplug.json").read_text())["train_config"]
-    assert kept["blackbox_weight"] == (0.5 if choice["chosen"] == 1 else 1.0)
+    # the whole-vocabulary candidate trains behind the task prompt without the method's demonstrations
+    assert choice["candidates"] == [{}, {"train": {"support_k": 0, "blackbox_weight": 0.5}, "icl": 0}]
+    assert len(choice["held_out_mix"]) == 2
+    kept = json.loads((Path(cell["info"]["artifact"]) / "logitplug.json").read_text())
+    assert kept["train_config"]["blackbox_weight"] == (0.5 if choice["chosen"] == 1 else 1.0)
+    assert len(kept["template"]["demos"]) == (0 if choice["chosen"] == 1 else 1)
     assert ("bbw:0.5" in cell["info"]["rule"]) == (choice["chosen"] == 1)  # decoded through the rule it kept
+    # kept, it decodes test behind its own prompt, and the cell says so
+    import logitplug.bench.methods as methods
+
+    monkeypatch.setattr(methods, "choose_plugin", lambda folders, margin=0.02: (1, [0.0, 1.0]))
+    prompted_with = []
+    real_prompts = methods.test_prompts
+    monkeypatch.setattr(methods, "test_prompts", lambda ctx: prompted_with.append(ctx.template.demos) or real_prompts(ctx))
+    raw["methods"] = [{"name": "p2", "method": "plugin", "recipe": "tries-w"}]
+    run_bench(parse_config(raw), progress=False)
+    assert prompted_with == [()]
+    info = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "p2" / "seed0.json").read_text())["info"]
+    assert info["demonstrations"] == 0 and info["method_demonstrations"] == 1 and "bbw:0.5" in info["rule"]
+    from logitplug.reweighter import read_sidecar
+
+    assert read_sidecar(info["artifact"])["template"]["demos"] == []
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)

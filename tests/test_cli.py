@@ -295,12 +295,15 @@ def test_try_blackbox_weight_adds_a_whole_vocabulary_candidate_or_fails_before_t
             "--cache-dir", str(tmp_path / "cache"), "--strength-by", "BLEU+ROUGE-L", "--strength-candidates", "0,1",
             "--support-k", "4", "--held-out-tokens", "4", "--no-try-token-vectors"]
     out = tmp_path / "plugin"
-    res = runner.invoke(app, args + ["--output-dir", str(out), "--try-blackbox-weight", "0.5"])
+    res = runner.invoke(app, args + ["--output-dir", str(out), "--try-blackbox-weight", "0.5", "--demonstrations", "1"])
     assert res.exit_code == 0, res.output
     choice = json.loads((out / "choice.json").read_text())
     assert set(choice["held_out_mix"]) == {"default", "blackbox-weight-0.5"}
-    tried = json.loads((out / "candidates" / "blackbox-weight-0.5" / "logitplug.json").read_text())["train_config"]
-    default = json.loads((out / "candidates" / "default" / "logitplug.json").read_text())["train_config"]
+    tried = json.loads((out / "candidates" / "blackbox-weight-0.5" / "logitplug.json").read_text())
+    default = json.loads((out / "candidates" / "default" / "logitplug.json").read_text())
+    # the whole-vocabulary candidate is prompted without the run's demonstrations
+    assert len(default["template"]["demos"]) == 1 and tried["template"]["demos"] == []
+    tried, default = tried["train_config"], default["train_config"]
     assert (tried["support_k"], tried["blackbox_weight"]) == (0, 0.5) and (default["support_k"], default["blackbox_weight"]) == (4, 1.0)
     kept = json.loads((out / "logitplug.json").read_text())["train_config"]
     assert kept["blackbox_weight"] == (0.5 if choice["chosen"] == "blackbox-weight-0.5" else 1.0)

@@ -474,3 +474,40 @@ def test_freed_memory_is_kept_only_in_the_loop_and_only_for_small_dense_steps(tm
     monkeypatch.setattr(train_module, "DENSE_VOCAB_KEPT", dense_limit)
     train(tiny_blackbox(), EXAMPLES, EXAMPLES[:4], TEMPLATE, _config(tmp_path, epochs=1), SMALL)
     assert calls == [False, kept_in_loop, False]  # recording, training loop, after it
+
+
+def test_a_candidate_with_its_own_prompt_trains_and_is_judged_behind_it(tmp_path, monkeypatch):
+    """The default recipe's whole-vocabulary candidate drops the run's demonstrations: it trains on
+    every row behind the plain prompt, and its held-out text is decoded behind that prompt too."""
+    import importlib
+
+    from logitplug.decode import GenerationConfig
+    from logitplug.train import Candidate, train_and_choose
+
+    train_module = importlib.import_module("logitplug.train")  # the package re-exports train() under the same name
+    cfg = _config(tmp_path, epochs=1, strength_by="BLEU", strength_candidates=(0.0, 1.0), select_inputs=2)
+    prompted = TEMPLATE.with_demonstrations(EXAMPLES[:1])
+    built_for, trained_on = [], {}
+    real_scorers, real_train = train_module.held_out_scorers, train_module.train
+
+    def scorers(config, blackbox, template, *a, **k):
+        built_for.append(template)
+        return real_scorers(config, blackbox, template, *a, **k)
+
+    def recording_train(bb, rows, held_out, template, tcfg, *a, **k):
+        trained_on[Path(tcfg.output_dir).name] = (template, len(rows))
+        return real_train(bb, rows, held_out, template, tcfg, *a, **k)
+
+    monkeypatch.setattr(train_module, "held_out_scorers", scorers)
+    monkeypatch.setattr(train_module, "train", recording_train)
+    bb = tiny_blackbox()
+    run_scorers = real_scorers(cfg, bb, prompted, EXAMPLES, GenerationConfig(max_new_tokens=3))
+    plain = Candidate(SMALL, {"support_k": 0, "blackbox_weight": 0.5}, TEMPLATE, EXAMPLES)
+    _, choice = train_and_choose(bb, EXAMPLES[1:], EXAMPLES, prompted, cfg, {"default": SMALL, "plain": plain},
+                                 generation=GenerationConfig(max_new_tokens=3), **run_scorers)
+    assert trained_on == {"default": (prompted, len(EXAMPLES) - 1), "plain": (TEMPLATE, len(EXAMPLES))}
+    assert built_for == [TEMPLATE]  # the run's scorers serve the default; the plain candidate gets its own
+    assert set(choice["held_out_mix"]) == {"default", "plain"}
+    with pytest.raises(ValueError, match="no training rows"):
+        train_and_choose(bb, EXAMPLES, EXAMPLES, prompted, replace(cfg, output_dir=str(tmp_path / "x")),
+                         {"default": SMALL, "empty": Candidate(SMALL, {}, TEMPLATE, [])}, **run_scorers)

@@ -328,6 +328,7 @@ class TrainedCombination(Method):
         demo_info: dict[str, Any] = {}
         seconds: dict[str, float] = {}  # where a cell's wall-clock goes (a reused model trains in ~0 s)
         t0 = time.perf_counter()
+        plain = ctx  # the prompt without demonstrations and every row, for alternatives with their own count
         if self.icl:
             ctx, demo_info = with_demonstrations(ctx, self.icl)
             seconds["demonstrations"] = time.perf_counter() - t0
@@ -345,15 +346,21 @@ class TrainedCombination(Method):
                 alternatives.append({"token_vectors_from": token_vector_source(ctx.blackbox_name)})
             else:  # e.g. a .gguf black box: no embedding table to read, so the configured reweighter alone
                 skipped = f"the recipe's token-vector alternative skipped: {missing}"
-        if self.tried_blackbox_weight:  # the same settings as `train --try-blackbox-weight`
-            alternatives.append({"train": blackbox_weight_settings(self.tried_blackbox_weight)})
+        if self.tried_blackbox_weight:  # the same candidate as `train --try-blackbox-weight`: no demonstrations
+            alternatives.append({"train": blackbox_weight_settings(self.tried_blackbox_weight), "icl": 0})
+        decoded_with = ctx  # the prompt test is decoded behind: the kept candidate's
         if alternatives:
-            trained = [(reweighter, info)]
+            trained = [(reweighter, info, ctx)]
             for alt in alternatives:
                 alt_train, alt_reweighter = split_alternative(alt)
-                trained.append(train_reweighter(ctx, {**overrides, **alt_train}, {**self.reweighter_overrides, **alt_reweighter}))
-            index, mixes = choose_plugin([i["artifact"] for _, i in trained])
-            reweighter, info = trained[index]
+                alt_ctx = ctx
+                if alt.get("icl") is not None:  # its own demonstration count, drawn as the method's are
+                    count = demonstration_counts(alt["icl"])
+                    alt_ctx = with_demonstrations(plain, count)[0] if count else plain
+                trained.append((*train_reweighter(alt_ctx, {**overrides, **alt_train},
+                                                  {**self.reweighter_overrides, **alt_reweighter}), alt_ctx))
+            index, mixes = choose_plugin([i["artifact"] for _, i, _ in trained])
+            reweighter, info, decoded_with = trained[index]
             info = {**info, "reweighter_choice": {"chosen": index, "held_out_mix": mixes,
                                                   "candidates": [{}, *alternatives]}}
         elif skipped:
@@ -362,8 +369,11 @@ class TrainedCombination(Method):
         rule = trained_rule(info["artifact"], ctx.blackbox.tokenizer.eos_token_id)  # decode through the rule it was trained through
         info["rule"] = rule.signature()
         info.update(demo_info)
+        if decoded_with is not ctx:  # the kept candidate has its own prompt: say what test was decoded behind
+            info["demonstrations"] = len(decoded_with.template.demos)
+            info["method_demonstrations"] = demo_info.get("demonstrations", 0)
         t2 = time.perf_counter()
-        outputs = self._decode(ctx, test_prompts(ctx), reweighter=reweighter, rule=rule)
+        outputs = self._decode(decoded_with, test_prompts(decoded_with), reweighter=reweighter, rule=rule)
         seconds["decode"] = time.perf_counter() - t2
         info["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
         return MethodOutput(outputs, info)
@@ -464,6 +474,12 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
                     raise ValueError(f"method {spec['name']!r}: 'alternatives' is a list of reweighter settings, "
                                      f"e.g. [{{token_vectors_from: smollm2-135m}}]; got {alternatives!r}")
                 for alt in alternatives:
+                    if alt.get("icl") is not None:
+                        try:
+                            demonstration_counts(alt["icl"])
+                        except ValueError:
+                            raise ValueError(f"method {spec['name']!r}: an alternative's 'icl' is its own demonstration "
+                                             f"count (0: none) or counts to choose among; got {alt['icl']!r}") from None
                     if alt.get("train") is not None and not isinstance(alt["train"], dict):
                         raise ValueError(f"method {spec['name']!r}: an alternative's 'train' is a mapping of training "
                                          f"settings, e.g. {{support_k: 0}}; got {alt['train']!r}")
@@ -480,8 +496,9 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
 
 
 def split_alternative(alt: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A plugin alternative's own training settings (its ``train`` mapping) and its reweighter settings (the rest)."""
-    return dict(alt.get("train") or {}), {k: v for k, v in alt.items() if k != "train"}
+    """A plugin alternative's own training settings (its ``train`` mapping) and its reweighter settings (the
+    rest, short of ``icl``: its own demonstration count)."""
+    return dict(alt.get("train") or {}), {k: v for k, v in alt.items() if k not in ("train", "icl")}
 
 
 def _check_keys(method: str, section: str, values: dict[str, Any] | None, cls: type) -> None:
