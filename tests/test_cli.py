@@ -52,7 +52,9 @@ def test_recipes_set_defaults_and_explicit_options_win(tmp_path, bb_dir, data):
         assert res.exit_code == 0, res.output
         return json.loads((tmp_path / name / "logitplug.json").read_text())
 
-    default = trained("default")  # the logitplug recipe: 1 or 3 demonstrations (held-out choice), copy augmentation
+    trained("default")  # the logitplug recipe: 1 or 3 demonstrations (held-out choice), copy augmentation
+    # (its default candidate: the kept one may be the whole-vocabulary candidate, which has no demonstrations)
+    default = json.loads((tmp_path / "default" / "candidates" / "default" / "logitplug.json").read_text())
     assert len(default["template"]["demos"]) in (1, 3) and default["train_config"]["copy_augment"] == 0.5
     assert default["template"]["demos"][0][1].endswith("is a pub.") and default["train_config"]["support_k"] == 20
     assert default["train_config"]["support_eos"] is True
@@ -200,7 +202,7 @@ def test_train_warns_when_the_plugin_is_worse_than_the_black_box(tmp_path, bb_di
     monkeypatch.setattr(train_module, "train", lambda *a, **k: TrainResult(tmp_path / "p", 3.0, 2.5, []))
     res = runner.invoke(app, ["train", "--train-file", str(data), "--output-dir", str(tmp_path / "p"),
                               "--blackbox", str(bb_dir), "--input-column", "mr", "--target-column", "ref",
-                              "--no-try-token-vectors"])  # one (stubbed) training
+                              "--no-try-token-vectors", "--try-blackbox-weight", "0"])  # one (stubbed) training
     assert res.exit_code == 0 and "does not beat the black box alone" in res.output
 
 
@@ -210,7 +212,8 @@ def test_serve_tells_how_to_prompt_a_plugin_trained_with_demonstrations(tmp_path
     out = tmp_path / "plugin"
     res = runner.invoke(app, ["train", "--train-file", str(data), "--output-dir", str(out), "--blackbox", str(bb_dir),
                               "--input-column", "mr", "--target-column", "ref", "--epochs", "1", "--hidden", "32",
-                              "--heads", "2", "--ffn", "64", "--cache-dir", str(tmp_path / "cache")])
+                              "--heads", "2", "--ffn", "64", "--cache-dir", str(tmp_path / "cache"),
+                              "--try-blackbox-weight", "0"])  # the kept plugin has the demonstration
     assert res.exit_code == 0, res.output
     served = []
     monkeypatch.setattr(uvicorn, "run", lambda app_, **kw: served.append(kw))
@@ -241,7 +244,7 @@ def test_bench_running_some_methods_keeps_the_whole_configs_table(tmp_path, bb_d
 def test_try_token_vectors_trains_both_and_keeps_the_better_held_out_text(tmp_path, bb_dir, data):
     args = ["train", "--train-file", str(data), "--blackbox", str(bb_dir), "--input-column", "mr",
             "--target-column", "ref", "--epochs", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
-            "--cache-dir", str(tmp_path / "cache"), "--strength-candidates", "0,1"]
+            "--cache-dir", str(tmp_path / "cache"), "--strength-candidates", "0,1", "--try-blackbox-weight", "0"]
     out = tmp_path / "plugin"
     res = runner.invoke(app, args + ["--output-dir", str(out), "--try-token-vectors"])
     assert res.exit_code == 0, res.output

@@ -8,7 +8,7 @@ import torch
 from logitplug.blackbox import load_blackbox
 from logitplug.data import TEMPLATES, e2e_paper_splits, encode_prompt
 from logitplug.decode import Decoder, GenerationConfig
-from logitplug.reweighter import Reweighter, ReweighterConfig
+from logitplug.reweighter import Reweighter, ReweighterConfig, read_sidecar
 from logitplug.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
@@ -89,9 +89,12 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path, capsys):
     assert len(report["generations"]) == 4
     assert (tmp_path / "results.json").exists()
     assert (Path(report["plugin_dir"]) / "logitplug.json").exists() and str(report["plugin_dir"]) in printed
-    # the default recipe trains a second plugin on SmolLM2's own token vectors and keeps the better held-out text
+    # the default recipe trains a second plugin on SmolLM2's own token vectors and a third over the whole
+    # vocabulary at black-box weight 0.5 without the demonstration, and keeps the best held-out text
     choice = report["reweighter_choice"]
-    assert set(choice["held_out_mix"]) == {"default", "token-vectors"} and "kept the" in printed
+    assert set(choice["held_out_mix"]) == {"default", "token-vectors", "blackbox-weight-0.5"} and "kept the" in printed
+    whole = read_sidecar(Path(report["plugin_dir"]) / "candidates" / "blackbox-weight-0.5")
+    assert whole["template"]["demos"] == [] and whole["train_config"]["blackbox_weight"] == 0.5
     kept = Path(report["plugin_dir"]) / "candidates" / choice["chosen"]
     assert (kept / "model.safetensors").read_bytes() == (Path(report["plugin_dir"]) / "model.safetensors").read_bytes()
     # a plugin made with other settings is never reused: another seed (and, to keep this short, the
