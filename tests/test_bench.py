@@ -179,7 +179,9 @@ def test_logit_difference_with_product_rule_is_proxy_tuning():
 
 
 def test_topk_black_boxes_are_named_and_train_over_their_support(tiny_dir, tmp_path):
-    raw = _raw(tiny_dir, tmp_path / "out", methods=["plugin"], seeds=[0], blackboxes=[f"{tiny_dir}@top5"])
+    # the recipe's own reweighter only: its whole-vocabulary candidate would not train over the support
+    plugin = {"name": "plugin", "method": "plugin", "alternatives": []}
+    raw = _raw(tiny_dir, tmp_path / "out", methods=[plugin], seeds=[0], blackboxes=[f"{tiny_dir}@top5"])
     run_bench(parse_config(raw), progress=False)
     rec = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb@top5" / "plugin" / "seed0.json").read_text())
     assert rec["info"]["rule"].startswith("rule:product-topk|k:5|alpha:")  # strength: chosen on validation
