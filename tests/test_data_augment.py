@@ -1,3 +1,4 @@
+import os
 import pytest
 
 from logitplug.data import Example
@@ -77,3 +78,18 @@ def test_held_out_pseudo_names_are_made_of_syllables_training_never_uses():
 def replace_target(row: Example) -> Example:
     """A held-out row as a training row: its first reference as the target."""
     return Example(row.input, row.references[0])
+
+
+def test_renaming_is_the_same_in_every_process():
+    """Names of equal length were renamed in set order, which follows each process's string hashing:
+    two processes gave the same held-out rows other pseudo-names, and their choices did not compare."""
+    import subprocess
+    import sys
+
+    code = ("from logitplug.data import Example; from logitplug.data.augment import rename_held_out, augment_copied_names;"
+            "rows = [Example('Garux | language | Fey language ; Abc | x | Garux', 'Garux and Abc speak Fey.',"
+            " ('Garux and Abc speak Fey.',))] * 5;"
+            "print([r.input for r in rename_held_out(rows, 1.0, 0)], [r.input for r in augment_copied_names(rows, 1.0, 0)])")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(6)}
+    assert len(outs) == 1

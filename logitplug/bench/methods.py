@@ -24,6 +24,7 @@ from .._io import stable_key as _key
 from ..blackbox import LocalBlackBox
 from ..combine import BlackBoxOnly, ProductRule
 from ..data import Example, PromptTemplate, draw_demonstrations
+from ..data.augment import RENAMING_VERSION
 from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
@@ -255,12 +256,13 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         rcfg = ReweighterConfig(**{**ctx.reweighter_overrides, **reweighter_overrides})
         probe = TrainConfig(output_dir="-", **settings)
         changed = {k: v for k, v in _changed(probe).items() if k not in ("output_dir", "cache_dir", "progress")}
-        if probe.select_renamed:  # its inventory always keys a renamed choice (the default changed in session 22)
+        if probe.select_renamed:  # its inventory and the renaming's version always key a renamed choice
             changed["select_renamed_syllables"] = probe.select_renamed_syllables
+            changed["renaming_version"] = RENAMING_VERSION
         # how the strength is chosen after training is not part of the training run's key: variants
         # that differ only there share the trained weights and redo just the choice
-        after_only = _STRENGTH_CHOICE + (("select_renamed", "select_renamed_syllables", "select_inputs")
-                                         if probe.select_by == "loss" else ())
+        renaming = ("select_renamed", "select_renamed_syllables", "renaming_version", "select_inputs")
+        after_only = _STRENGTH_CHOICE + (renaming if probe.select_by == "loss" else ())
         after = {k: changed.pop(k) for k in after_only if k in changed}
         key = _key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), changed, _changed(rcfg))
         trained = ctx.models_dir / f"reweighter-{key}"

@@ -32,13 +32,17 @@ TRAINING_SYLLABLES = ("ka", "lo", "mi", "ven", "dar", "tho", "rel", "zu", "pan",
 HELD_OUT_SYLLABLES = ("be", "gu", "shen", "pek", "yar", "dox", "nim", "fey", "jub", "wox", "ep", "kru", "zim", "hog",
                       "tav", "ux", "plen", "sny", "ex", "gar")
 SYLLABLES = {"training": TRAINING_SYLLABLES, "held-out": HELD_OUT_SYLLABLES}
+# bumped when the same settings rename held-out rows differently (2: names in a fixed order, session 22)
+RENAMING_VERSION = 2
 
 
 def _names_repeated(source: str, texts: Sequence[str]) -> list[str]:
-    """Capitalized runs of ``source`` that one of ``texts`` repeats verbatim, longest first."""
+    """Capitalized runs of ``source`` that one of ``texts`` repeats verbatim, longest first (ties in
+    alphabetical order: a set's order changes with each process's string hashing, and with it which
+    pseudo-name each name gets, so two processes renamed the same held-out rows differently)."""
     found = {m.group(0).rstrip(".'-") for m in _CAPITALIZED_RUN.finditer(source)}
     shared = [n for n in found if n and any(re.search(rf"(?<!\w){re.escape(n)}(?!\w)", t) for t in texts)]
-    return sorted(shared, key=len, reverse=True)
+    return sorted(shared, key=lambda n: (-len(n), n))
 
 
 def copied_names(example: Example) -> list[str]:
