@@ -20,7 +20,7 @@ from ._io import stable_key
 from .blackbox import load_blackbox
 from .blackbox.registry import missing_token_vectors, token_vector_source
 from .combine import BlackBoxOnly
-from .data import TEMPLATES, Example, e2e_paper_splits, encode_prompt
+from .data import TEMPLATES, Example, PromptTemplate, e2e_paper_splits, encode_prompt
 from .decode import Decoder, GenerationConfig
 from .eval import evaluate, parse_mr, slot_error_rate
 from .recipes import DEFAULT_RECIPE, get_recipe
@@ -111,7 +111,9 @@ def run_quickstart(
     runs = [("zero-shot", template, BlackBoxOnly(), None)]
     if prompted is not template:
         runs.append((f"{demo_info['demonstrations']}-shot", prompted, BlackBoxOnly(), None))
-    runs.append(("plugin", prompted, trained_rule(plugin_dir, bb.tokenizer.eos_token_id), plugin))
+    # behind the prompt the kept reweighter trained under (the whole-vocabulary one trains without demonstrations)
+    plugin_prompt = PromptTemplate(**sidecar["template"])
+    runs.append(("plugin", plugin_prompt, trained_rule(plugin_dir, bb.tokenizer.eos_token_id), plugin))
     outputs, scores = {}, {}
     for name, tmpl, rule, rw in runs:
         prompts = [encode_prompt(bb.tokenizer, tmpl, ex.input) for ex in test_set]
@@ -135,7 +137,8 @@ def run_quickstart(
     for name, s in scores.items():
         print(f"{name:10s} " + " ".join(f"{s[c]:8.2f}" for c in columns))
     report = {
-        "blackbox": bb.fingerprint, "recipe": {"name": chosen.name, **chosen.settings()}, "demonstrations": demo_info, "train_rows": len(train_set), "eval_rows": len(eval_set), "strength": strength,
+        "blackbox": bb.fingerprint, "recipe": {"name": chosen.name, **chosen.settings()}, "demonstrations": demo_info,
+        "plugin_demonstrations": len(plugin_prompt.demos), "train_rows": len(train_set), "eval_rows": len(eval_set), "strength": strength,
         "test_inputs": len(test_set), "seed": seed, "scores": scores, "plugin_dir": str(plugin_dir),
         "reweighter_choice": json.loads((plugin_dir / CHOICE_NAME).read_text()) if (plugin_dir / CHOICE_NAME).exists() else None,
         "train_seconds": t_trained - t_start, "total_seconds": time.perf_counter() - t_start,

@@ -97,6 +97,8 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path, capsys):
     assert whole["template"]["demos"] == [] and whole["train_config"]["blackbox_weight"] == 0.5
     kept = Path(report["plugin_dir"]) / "candidates" / choice["chosen"]
     assert (kept / "model.safetensors").read_bytes() == (Path(report["plugin_dir"]) / "model.safetensors").read_bytes()
+    # the plugin is decoded behind the prompt its kept reweighter trained under
+    assert report["plugin_demonstrations"] == len(read_sidecar(kept)["template"]["demos"])
     # a plugin made with other settings is never reused: another seed (and, to keep this short, the
     # paper's recipe: one training, no held-out decoding) trains into another folder
     again = run_quickstart(None, tmp_path, "smollm2-135m", train_rows=24, eval_rows=8, test_inputs=2, epochs=1, seed=1,
