@@ -31,7 +31,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", type=Path)
     ap.add_argument("--plugin", default="plugin", help="the method the others are measured against")
-    ap.add_argument("--against", default="zero-shot,icl-1,icl-3,recipe-prompt,mixture-0.5", help="comma-separated methods")
+    ap.add_argument("--against", default="zero-shot,icl-1,icl-3,recipe-prompt,mixture-0.25,mixture-0.5,mixture-0.75,small,proxy-tuning",
+                    help="comma-separated methods (those absent from the config are left out)")
     ap.add_argument("--ceiling", default="lora")
     args = ap.parse_args()
     cfg = load_config(args.config)
