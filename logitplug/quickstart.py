@@ -87,12 +87,14 @@ def run_quickstart(
         candidates = plugin_candidates(  # a second plugin on the black box's own token vectors, where it applies
             rcfg, token_vector_source(blackbox_name) if chosen.try_token_vectors and obstacle is None else None,
             weight if weight and blackbox_weight_conflict(weight, tcfg.rule, tcfg.strength_by) is None else 0.0,
-            (template, all_rows))
+            (template, all_rows), chosen.try_blackbox_weight_below)
         if len(candidates) > 1:
             result, choice = train_and_choose(bb, train_set, eval_set, prompted, tcfg, candidates, generation=gcfg,
                                               **scorers)
             print(f"kept the {choice['chosen']} reweighter (held-out text mix: "
                   + ", ".join(f"{n} {m:.3f}" for n, m in choice["held_out_mix"].items()) + ")")
+            for name, why in choice.get("not_tried", {}).items():
+                print(f"{name} not tried: {why}")
         else:
             if chosen.try_token_vectors:
                 print(f"training one reweighter (no second one on the black box's token vectors: {obstacle})")

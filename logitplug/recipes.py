@@ -29,6 +29,9 @@ class Recipe:
     # (0: not tried), behind the task prompt without demonstrations, and keep it where its held-out text
     # is better (train.blackbox_weight_candidate); needs a strength choice by text, as try_token_vectors does
     try_blackbox_weight: float = 0.0
+    # ... only where fewer than this share of the training targets lie in the black box's top-k support
+    # (1: always); where more do, the text is already in reach of the top-k plugins (train.support_coverage)
+    try_blackbox_weight_below: float = 1.0
 
     def train_for(self, rule: str = "product", select_by: str = "loss") -> dict[str, Any]:
         """The recipe's training settings that apply under ``rule`` and ``select_by``: product-rule
@@ -52,6 +55,8 @@ class Recipe:
             out["try_token_vectors"] = True
         if self.try_blackbox_weight:
             out["try_blackbox_weight"] = self.try_blackbox_weight
+            if self.try_blackbox_weight_below < 1:
+                out["try_blackbox_weight_below"] = self.try_blackbox_weight_below
         return out
 
 
@@ -72,7 +77,8 @@ RECIPES: dict[str, Recipe] = {
         "half of which have their names replaced by pseudo-names (as test inputs often name what training never saw); "
         "a second plugin whose reweighter reads and writes the black box's own pretrained token vectors (frozen) is "
         "trained beside it, and a third over the whole vocabulary that halves the black box's log-probs, behind the "
-        "task prompt without demonstrations (for tasks whose stock phrasing the black box does not offer); the one "
+        "task prompt without demonstrations, where fewer than 85% of the training targets lie in the black box's top 20 "
+        "(for tasks whose stock phrasing the black box does not offer); the one "
         "whose held-out text scores best is kept (the first unless another leads the metric mix by more than 0.02)",
         demonstrations=(1, 3),
         # try_token_vectors: no reweighter wins every task: pretrained token vectors win CommonGen's new
@@ -84,6 +90,12 @@ RECIPES: dict[str, Recipe] = {
         # (seed 0), and held-out text renamed with unseen syllables rejected it on E2E (0.84 of the default's
         # mix), CommonGen and WebNLG (BENCHMARKS.md, session 22)
         try_blackbox_weight=0.5,
+        # try_blackbox_weight_below: where the top-20 support holds most of the training targets the
+        # whole-vocabulary plugin has little to add and costs the most training (on Gemma's 262k tokens,
+        # hours): E2E (91% of targets in the top 20 behind three demonstrations) and WebNLG (96%) rejected
+        # it on every seed, CommonGen (78%) too, Adidas (70%) kept it on every seed
+        # (benchmarks/results/topk-coverage.md); 0.85 lies midway between CommonGen and E2E
+        try_blackbox_weight_below=0.85,
         # max_length: room for three demonstrations in long-output tasks (Adidas: ~610 tokens)
         # support_eos: Adidas's descriptions could not end through the rest bucket (BENCHMARKS.md)
         # strength_by: held-out loss chose a strength too weak for greedy text on WebNLG (0.5 where

@@ -561,6 +561,28 @@ def test_a_recipe_that_tries_a_blackbox_weight_adds_a_whole_vocabulary_candidate
     assert read_sidecar(info["artifact"])["template"]["demos"] == []
 
 
+def test_a_recipe_tries_the_whole_vocabulary_candidate_only_below_its_support_coverage(tiny_dir, tmp_path, monkeypatch):
+    from logitplug.recipes import RECIPES, Recipe
+
+    by_text = {"alpha_grid": [1.0], "strength_by": "BLEU+ROUGE-L", "strength_candidates": [0.0, 1.0], "select_inputs": 2,
+               "support_k": 4}
+    cells = {}
+    for below in (0.01, 1.0):  # a random tiny black box holds some targets in its top 4, never all
+        name = f"w-below-{below:g}"
+        monkeypatch.setitem(RECIPES, name, Recipe(name, "test", train=by_text, try_blackbox_weight=0.5,
+                                                  try_blackbox_weight_below=below))
+        plugin = make_method({"name": name, "method": "plugin", "recipe": name})
+        assert ("try_blackbox_weight_below" in plugin.recipe_settings()) == (below < 1)  # part of the cells' key
+        raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[{"name": name, "method": "plugin", "recipe": name}],
+                   data={"train_rows": 12, "validation_inputs": 2, "test_inputs": 3})
+        run_bench(parse_config(raw), progress=False)
+        cells[below] = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / name / "seed0.json").read_text())["info"]
+    gated, always = cells[0.01], cells[1.0]
+    assert 0 < gated["support_coverage"] < 1 and "support_coverage" not in always
+    assert "top-4" in gated["reweighter_choice"] and "bbw" not in gated["rule"]  # the configured plugin alone, saying why
+    assert len(always["reweighter_choice"]["held_out_mix"]) == 2
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path):
     """BENCHMARKS.md cites these configs' commands; a renamed method or setting must not break them unnoticed."""

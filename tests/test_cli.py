@@ -315,8 +315,15 @@ def test_try_blackbox_weight_adds_a_whole_vocabulary_candidate_or_fails_before_t
                               "--blackbox", str(bb_dir), "--plugin", str(out / "candidates" / "blackbox-weight-0.5"),
                               "--max-new-tokens", "3"])
     assert res.exit_code == 0, res.output
+    gated = tmp_path / "gated"  # a random tiny black box's top half of its 320 tokens holds well over 1% of the targets
+    res = runner.invoke(app, args + ["--output-dir", str(gated), "--try-blackbox-weight", "0.5", "--support-k", "160",
+                                     "--try-blackbox-weight-below", "0.01", "--demonstrations", "1"])
+    assert res.exit_code == 0, res.output
+    choice = json.loads((gated / "choice.json").read_text())
+    assert list(choice["held_out_mix"]) == ["default"] and "top-160" in choice["not_tried"]["blackbox-weight-0.5"]
+    assert 0 < choice["support_coverage"] < 1 and not (gated / "candidates" / "blackbox-weight-0.5").exists()
     for bad, says in ((["--try-blackbox-weight", "1"], "(0, 1)"), (["--try-blackbox-weight", "0.5", "--strength-by", "loss"],
-                      "strength_by")):
+                      "strength_by"), (["--try-blackbox-weight", "0.5", "--try-blackbox-weight-below", "0"], "(0, 1]")):
         res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "bad")] + bad)
         assert res.exit_code == 2 and "--try-blackbox-weight" in res.output and says in res.output, res.output
         assert not (tmp_path / "bad").exists()

@@ -511,3 +511,39 @@ def test_a_candidate_with_its_own_prompt_trains_and_is_judged_behind_it(tmp_path
     with pytest.raises(ValueError, match="no training rows"):
         train_and_choose(bb, EXAMPLES, EXAMPLES, prompted, replace(cfg, output_dir=str(tmp_path / "x")),
                          {"default": SMALL, "empty": Candidate(SMALL, {}, TEMPLATE, [])}, **run_scorers)
+
+
+def test_support_coverage_reads_the_recorded_top_k_and_agrees_with_the_black_box(tmp_path):
+    from logitplug.train import support_coverage
+
+    bb = tiny_blackbox()
+    cached = _config(tmp_path, support_k=4)
+    on_the_fly = replace(cached, cache=False)
+    for k in (1, 4, 20):
+        from_cache = support_coverage(bb, TEMPLATE, EXAMPLES, cached, k=k)
+        assert from_cache == pytest.approx(support_coverage(bb, TEMPLATE, EXAMPLES, on_the_fly, k=k))
+    assert support_coverage(bb, TEMPLATE, EXAMPLES, cached) == support_coverage(bb, TEMPLATE, EXAMPLES, cached, k=4)
+    shares = [support_coverage(bb, TEMPLATE, EXAMPLES, on_the_fly, k=k) for k in (1, 4, 20, bb.vocab_size)]
+    assert shares == sorted(shares) and shares[-1] == 1.0 and 0 <= shares[0] < 1  # random weights: far from every target
+
+
+def test_a_candidate_tried_only_below_a_coverage_is_left_out_where_the_support_holds_more(tmp_path):
+    from logitplug.decode import GenerationConfig
+    from logitplug.selection import held_out_scorers
+    from logitplug.train import blackbox_weight_candidate, support_coverage, train_and_choose
+
+    bb = tiny_blackbox()
+    cfg = _config(tmp_path, epochs=1, strength_by="BLEU", strength_candidates=(0.0, 1.0), select_inputs=2, support_k=4)
+    scorers = held_out_scorers(cfg, bb, TEMPLATE, EXAMPLES, GenerationConfig(max_new_tokens=3))
+    coverage = support_coverage(bb, TEMPLATE, EXAMPLES, cfg)
+    assert 0 < coverage < 1
+    for below, tried in ((coverage, False), (min(1.0, coverage + 0.01), True)):
+        run = replace(cfg, output_dir=str(tmp_path / f"run-{tried}"))
+        candidate = blackbox_weight_candidate(SMALL, 0.5, below_coverage=below)
+        _, choice = train_and_choose(bb, EXAMPLES, EXAMPLES, TEMPLATE, run, {"default": SMALL, "w": candidate},
+                                     generation=GenerationConfig(max_new_tokens=3), **scorers)
+        assert choice["support_coverage"] == pytest.approx(coverage, abs=1e-4)
+        assert ("w" in choice["held_out_mix"]) == tried and ("not_tried" in choice) == (not tried)
+        assert (tmp_path / f"run-{tried}" / "candidates" / "w").exists() == tried
+        if not tried:
+            assert "top-4" in choice["not_tried"]["w"]

@@ -31,7 +31,8 @@ from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import WEIGHTS_NAME, LogitDifference, Reweighter, ReweighterConfig, read_sidecar
 from ..selection import choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers
 from ..train import (
-    TrainConfig, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, plugin_finished, token_vector_conflict, train, trained_rule,
+    TrainConfig, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, plugin_finished, support_coverage,
+    token_vector_conflict, train, trained_rule,
 )
 
 
@@ -324,6 +325,7 @@ class TrainedCombination(Method):
             settings.pop("try_token_vectors", None)
         if settings is not None and not self.tried_blackbox_weight:
             settings.pop("try_blackbox_weight", None)
+            settings.pop("try_blackbox_weight_below", None)
         return settings
 
     def run(self, ctx: CellContext) -> MethodOutput:
@@ -348,8 +350,18 @@ class TrainedCombination(Method):
                 alternatives.append({"token_vectors_from": token_vector_source(ctx.blackbox_name)})
             else:  # e.g. a .gguf black box: no embedding table to read, so the configured reweighter alone
                 skipped = f"the recipe's token-vector alternative skipped: {missing}"
+        not_tried, coverage = None, None
         if self.tried_blackbox_weight:  # the same candidate as `train --try-blackbox-weight`: no demonstrations
-            alternatives.append({"train": blackbox_weight_settings(self.tried_blackbox_weight), "icl": 0})
+            below = self.recipe.try_blackbox_weight_below if self.recipe is not None else 1.0
+            if below < 1:  # as train_and_choose: only where the top-k support misses enough of the targets
+                probe = TrainConfig(output_dir="-", **{**ctx.train_overrides, **overrides, "seed": ctx.seed})
+                probe = replace(probe, cache_dir=probe.cache_dir or str(ctx.models_dir / "logprob-cache"))
+                coverage = support_coverage(ctx.blackbox, ctx.template, ctx.train, probe)
+                if coverage >= below:
+                    not_tried = (f"blackbox-weight-{self.tried_blackbox_weight:g} not tried: {coverage:.1%} of the training "
+                                 f"targets lie in the black box's top-{probe.support_k or 20}, at least {below:.0%}")
+            if not_tried is None:
+                alternatives.append({"train": blackbox_weight_settings(self.tried_blackbox_weight), "icl": 0})
         decoded_with = ctx  # the prompt test is decoded behind: the kept candidate's
         if alternatives:
             trained = [(reweighter, info, ctx)]
@@ -365,8 +377,12 @@ class TrainedCombination(Method):
             reweighter, info, decoded_with = trained[index]
             info = {**info, "reweighter_choice": {"chosen": index, "held_out_mix": mixes,
                                                   "candidates": [{}, *alternatives]}}
-        elif skipped:
-            info = {**info, "reweighter_choice": skipped}
+            if not_tried:
+                info["reweighter_choice"]["not_tried"] = not_tried
+        elif skipped or not_tried:
+            info = {**info, "reweighter_choice": "; ".join(r for r in (skipped, not_tried) if r)}
+        if coverage is not None:
+            info = {**info, "support_coverage": round(coverage, 4)}
         seconds["train"] = time.perf_counter() - t1
         rule = trained_rule(info["artifact"], ctx.blackbox.tokenizer.eos_token_id)  # decode through the rule it was trained through
         info["rule"] = rule.signature()
