@@ -328,6 +328,15 @@ class TrainedCombination(Method):
             settings.pop("try_blackbox_weight_below", None)
         return settings
 
+    def support_coverage(self, ctx: CellContext) -> tuple[float, int]:
+        """The share of the training targets in the black box's top-k support behind ``ctx``'s prompt (the
+        one the default reweighter trains behind, demonstrations fixed), and k: read from the log-prob
+        cache the method's training fills (``train.support_coverage``)."""
+        probe = TrainConfig(output_dir="-", **{**ctx.train_overrides, **self.train_overrides, "rule": self.rule,
+                                               "seed": ctx.seed})
+        probe = replace(probe, cache_dir=probe.cache_dir or str(ctx.models_dir / "logprob-cache"))
+        return support_coverage(ctx.blackbox, ctx.template, ctx.train, probe), probe.support_k or 20
+
     def run(self, ctx: CellContext) -> MethodOutput:
         demo_info: dict[str, Any] = {}
         seconds: dict[str, float] = {}  # where a cell's wall-clock goes (a reused model trains in ~0 s)
@@ -354,12 +363,10 @@ class TrainedCombination(Method):
         if self.tried_blackbox_weight:  # the same candidate as `train --try-blackbox-weight`: no demonstrations
             below = self.recipe.try_blackbox_weight_below if self.recipe is not None else 1.0
             if below < 1:  # as train_and_choose: only where the top-k support misses enough of the targets
-                probe = TrainConfig(output_dir="-", **{**ctx.train_overrides, **overrides, "seed": ctx.seed})
-                probe = replace(probe, cache_dir=probe.cache_dir or str(ctx.models_dir / "logprob-cache"))
-                coverage = support_coverage(ctx.blackbox, ctx.template, ctx.train, probe)
+                coverage, k = self.support_coverage(ctx)
                 if coverage >= below:
                     not_tried = (f"blackbox-weight-{self.tried_blackbox_weight:g} not tried: {coverage:.1%} of the training "
-                                 f"targets lie in the black box's top-{probe.support_k or 20}, at least {below:.0%}")
+                                 f"targets lie in the black box's top-{k}, at least {below:.0%}")
             if not_tried is None:
                 alternatives.append({"train": blackbox_weight_settings(self.tried_blackbox_weight), "icl": 0})
         decoded_with = ctx  # the prompt test is decoded behind: the kept candidate's

@@ -1,0 +1,116 @@
+"""Carry plugin cells over the whole-vocabulary candidate's coverage gate where they would not change.
+
+On 2026-12-03 the default recipe started trying its whole-vocabulary candidate only where fewer than
+85% of the training targets lie in the black box's top-20 support (`try_blackbox_weight_below`).
+That setting is part of the recipe, so every plugin cell made before it reads as made with other
+settings and the bench would run it again. Where the gate lets the candidate through, a rerun trains
+the same three candidates (their training keys do not include the gate) and chooses among them
+as before: the result is the one already in the cell. This script checks exactly that for each
+finished cell of a method and, only where both checks pass, writes the current settings key into
+it, with a `restamped` record saying why:
+
+1. the cell's key equals the key its method has with the gate turned off (nothing else changed), and
+   the cell tried the whole-vocabulary candidate;
+2. the coverage the gate reads, for that cell's seed, prompt (its demonstrations, drawn as the
+   bench draws them) and rows, is below the threshold.
+
+Cells failing either check are left alone (the bench reruns them). Run:
+python benchmarks/restamp_gated.py benchmarks/scoreboard.yaml --tasks commongen,adidas [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from logitplug import load_blackbox
+from logitplug._io import atomic_write_json
+from logitplug.bench import parse_config
+from logitplug.bench.methods import CellContext, with_demonstrations
+from logitplug.bench.runner import blackbox_label, cell_path, demo_pool, prepare_task, settings_key
+from logitplug.data import TASKS, get_template
+from logitplug.decode import GenerationConfig
+from logitplug.recipes import RECIPES
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("config")
+    ap.add_argument("--tasks", required=True, help="comma-separated")
+    ap.add_argument("--method", default="plugin")
+    ap.add_argument("--dry-run", action="store_true", help="report, write nothing")
+    args = ap.parse_args()
+
+    raw = yaml.safe_load(Path(args.config).read_text())
+    cfg = parse_config(raw)
+    method = next(m for m in cfg.methods if m.name == args.method)
+    recipe = method.recipe
+    if recipe is None or not getattr(method, "tried_blackbox_weight", 0) or recipe.try_blackbox_weight_below >= 1:
+        raise SystemExit(f"{args.method}: its recipe has no coverage gate on a whole-vocabulary candidate")
+    below = recipe.try_blackbox_weight_below
+    ungated_recipe = replace(recipe, try_blackbox_weight_below=1.0)
+    saved = RECIPES[recipe.name]
+    RECIPES[recipe.name] = ungated_recipe  # the method as it was before the gate
+    try:
+        old_cfg = parse_config(yaml.safe_load(Path(args.config).read_text()))
+    finally:
+        RECIPES[recipe.name] = saved
+    old_method = next(m for m in old_cfg.methods if m.name == args.method)
+    bb_cache: dict[str, object] = {}
+    report = []
+    for task in args.tasks.split(","):
+        data = prepare_task(cfg, task, cfg.data.get("train_rows"))
+        task_data = {(task, None): data}
+        for bb_name in cfg.blackboxes:
+            new_key, old_key = settings_key(cfg, method, task), settings_key(old_cfg, old_method, task)
+            for seed in cfg.seeds:
+                path = cell_path(cfg, task, bb_name, method.name, seed)
+                if not path.exists():
+                    continue
+                cell = json.loads(path.read_text())
+                line = {"cell": str(path)}
+                choice = cell["info"].get("reweighter_choice")
+                tried = isinstance(choice, dict) and any(c.get("train", {}).get("blackbox_weight") for c in choice["candidates"])
+                if cell.get("settings_key") == new_key:
+                    line["result"] = "current already"
+                elif cell.get("settings_key") != old_key or not tried:
+                    line["result"] = "left alone: made with other settings than the gate's absence, or without the candidate"
+                else:
+                    if bb_name not in bb_cache:
+                        bb_cache.clear()
+                        bb_cache[bb_name] = load_blackbox(bb_name)
+                    bb = bb_cache[bb_name]
+                    ctx = CellContext(
+                        blackbox=bb, task=task, train=data.train, validation=data.validation, test=data.test,
+                        template=get_template(cfg.templates.get(task, TASKS[task].template)), seed=seed,
+                        generation=GenerationConfig(**cfg.generation_for(task)),
+                        models_dir=cfg.output_dir / "models" / task / blackbox_label(bb_name), train_overrides=cfg.train,
+                        reweighter_overrides=cfg.reweighter, grid=cfg.grid, progress=False,
+                        demo_pool=demo_pool(cfg, task, task_data), choice_pool=data.choice_pool, blackbox_name=bb_name)
+                    count = cell["info"].get("method_demonstrations", cell["info"]["demonstrations"])
+                    prompted = with_demonstrations(ctx, count)[0] if count else ctx  # one count: drawn, not chosen again
+                    coverage, k = method.support_coverage(prompted)
+                    line["support_coverage"] = round(coverage, 4)
+                    if coverage >= below:
+                        line["result"] = f"left alone: {coverage:.1%} in the top-{k} reaches {below:.0%}, the gate would skip the candidate"
+                    else:
+                        line["result"] = "restamped"
+                        cell["settings_key"] = new_key
+                        cell["info"]["support_coverage"] = round(coverage, 4)
+                        cell["restamped"] = {
+                            "from_settings_key": old_key, "script": "benchmarks/restamp_gated.py",
+                            "why": (f"{coverage:.1%} of the training targets lie in the black box's top-{k} behind this cell's "
+                                    f"prompt ({count} demonstrations), below the gate's {below:.0%}: the gated recipe trains "
+                                    "and chooses among the same candidates, so this result stands")}
+                        if not args.dry_run:
+                            atomic_write_json(path, cell, indent=2, default=str)
+                report.append(line)
+                print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
