@@ -89,12 +89,18 @@ def test_main_job_runs_end_to_end_at_small_scale(tmp_path, capsys):
     assert len(report["generations"]) == 4
     assert (tmp_path / "results.json").exists()
     assert (Path(report["plugin_dir"]) / "logitplug.json").exists() and str(report["plugin_dir"]) in printed
-    # the default recipe trains a second plugin on SmolLM2's own token vectors and a third over the whole
-    # vocabulary at black-box weight 0.5 without the demonstration, and keeps the best held-out text
+    # the default recipe trains a second plugin on SmolLM2's own token vectors and keeps the best held-out
+    # text; a third over the whole vocabulary at black-box weight 0.5 (without the demonstration) only where
+    # fewer than 85% of the training targets lie in SmolLM2's top 20, which E2E's rarely do not
     choice = report["reweighter_choice"]
-    assert set(choice["held_out_mix"]) == {"default", "token-vectors", "blackbox-weight-0.5"} and "kept the" in printed
-    whole = read_sidecar(Path(report["plugin_dir"]) / "candidates" / "blackbox-weight-0.5")
-    assert whole["template"]["demos"] == [] and whole["train_config"]["blackbox_weight"] == 0.5
+    assert {"default", "token-vectors"} <= set(choice["held_out_mix"]) and "kept the" in printed
+    tried = choice["support_coverage"] < 0.85
+    assert ("blackbox-weight-0.5" in choice["held_out_mix"]) == tried
+    if tried:
+        whole = read_sidecar(Path(report["plugin_dir"]) / "candidates" / "blackbox-weight-0.5")
+        assert whole["template"]["demos"] == [] and whole["train_config"]["blackbox_weight"] == 0.5
+    else:
+        assert "top-20" in choice["not_tried"]["blackbox-weight-0.5"] and "not tried" in printed
     kept = Path(report["plugin_dir"]) / "candidates" / choice["chosen"]
     assert (kept / "model.safetensors").read_bytes() == (Path(report["plugin_dir"]) / "model.safetensors").read_bytes()
     # the plugin is decoded behind the prompt its kept reweighter trained under
