@@ -35,6 +35,7 @@ from logitplug.bench.runner import blackbox_label, cell_path, demo_pool, prepare
 from logitplug.data import TASKS, get_template
 from logitplug.decode import GenerationConfig
 from logitplug.recipes import RECIPES
+from logitplug.train import coverage_gate
 
 
 def main() -> None:
@@ -95,8 +96,9 @@ def main() -> None:
                     prompted = with_demonstrations(ctx, count)[0] if count else ctx  # one count: drawn, not chosen again
                     coverage, k = method.support_coverage(prompted)
                     line["support_coverage"] = round(coverage, 4)
-                    if coverage >= below:
-                        line["result"] = f"left alone: {coverage:.1%} in the top-{k} reaches {below:.0%}, the gate would skip the candidate"
+                    reason = coverage_gate(coverage, below, k)
+                    if reason:
+                        line["result"] = f"left alone: the gate would skip the candidate ({reason})"
                     else:
                         line["result"] = "restamped"
                         cell["settings_key"] = new_key

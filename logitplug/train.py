@@ -787,6 +787,14 @@ def support_coverage(blackbox: BlackBox, template: PromptTemplate, examples: Seq
     return inside / max(total, 1)
 
 
+def coverage_gate(coverage: float, below: float, k: int) -> str | None:
+    """Why a candidate tried only below support coverage ``below`` is not tried at ``coverage`` (the
+    share of training targets in the black box's top ``k``), or None where it is tried (always at 1)."""
+    if below >= 1 or coverage < below:
+        return None
+    return f"{coverage:.1%} of the training targets lie in the black box's top-{k}, at least {below:.0%}"
+
+
 def _slug(fingerprint: str) -> str:
     import hashlib
 
@@ -938,10 +946,10 @@ def train_and_choose(
         if candidate.below_coverage is not None and candidate.below_coverage < 1:
             if coverage is None:  # the run's own prompt and rows, read back from the cache its training filled
                 coverage = support_coverage(blackbox, template, train_examples, config)
-            if coverage >= candidate.below_coverage:
-                skipped[name] = (f"{coverage:.1%} of the training targets lie in the black box's top-"
-                                 f"{config.support_k or 20}, at least {candidate.below_coverage:.0%}")
-                logger.info("candidate %s not tried: %s", name, skipped[name])
+            reason = coverage_gate(coverage, candidate.below_coverage, config.support_k or 20)
+            if reason:
+                skipped[name] = reason
+                logger.info("candidate %s not tried: %s", name, reason)
                 continue
         if plugin_finished(folder):
             history = json.loads((folder / "history.json").read_text()) if (folder / "history.json").exists() else []

@@ -31,7 +31,7 @@ from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import WEIGHTS_NAME, LogitDifference, Reweighter, ReweighterConfig, read_sidecar
 from ..selection import choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers
 from ..train import (
-    TrainConfig, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, plugin_finished, support_coverage,
+    TrainConfig, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, coverage_gate, plugin_finished, support_coverage,
     token_vector_conflict, train, trained_rule,
 )
 
@@ -364,9 +364,9 @@ class TrainedCombination(Method):
             below = self.recipe.try_blackbox_weight_below if self.recipe is not None else 1.0
             if below < 1:  # as train_and_choose: only where the top-k support misses enough of the targets
                 coverage, k = self.support_coverage(ctx)
-                if coverage >= below:
-                    not_tried = (f"blackbox-weight-{self.tried_blackbox_weight:g} not tried: {coverage:.1%} of the training "
-                                 f"targets lie in the black box's top-{k}, at least {below:.0%}")
+                reason = coverage_gate(coverage, below, k)
+                if reason:
+                    not_tried = f"blackbox-weight-{self.tried_blackbox_weight:g} not tried: {reason}"
             if not_tried is None:
                 alternatives.append({"train": blackbox_weight_settings(self.tried_blackbox_weight), "icl": 0})
         decoded_with = ctx  # the prompt test is decoded behind: the kept candidate's
