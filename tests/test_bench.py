@@ -444,7 +444,7 @@ def test_model_keys_ignore_settings_left_at_their_defaults():
     assert _changed(ReweighterConfig()) == {}
 
 
-def test_validation_by_input_keeps_every_reference_and_task_generation_overrides_one_task(tiny_dir, tmp_path):
+def test_validation_by_input_keeps_every_reference_and_task_generation_overrides_one_task(tiny_dir, tmp_path, monkeypatch):
     from logitplug.bench.runner import prepare_task, settings_key
     from logitplug.data import group_by_input
 
@@ -470,6 +470,13 @@ def test_validation_by_input_keeps_every_reference_and_task_generation_overrides
     method = plain.methods[0]
     assert settings_key(longer, method, "commongen") != settings_key(plain, method, "commongen")
     assert settings_key(longer, method, "e2e") == settings_key(plain, method, "e2e")  # other tasks keep their cells
+    # new splits for one task make its cells stale, and only its cells
+    import dataclasses
+    from logitplug.data import TASKS
+    before = {t: settings_key(plain, method, t) for t in ("adidas", "e2e")}
+    monkeypatch.setitem(TASKS, "adidas", dataclasses.replace(TASKS["adidas"], splits_version=TASKS["adidas"].splits_version + 1))
+    assert settings_key(plain, method, "adidas") != before["adidas"]
+    assert settings_key(plain, method, "e2e") == before["e2e"]
     # the lora section concerns LoRA cells only
     other_lora = parse_config(_raw(tiny_dir, tmp_path / "out", lora={"epochs": 2}))
     lora = next(m for m in plain.methods if m.name == "lora")

@@ -76,6 +76,21 @@ def test_split_and_grouping_by_input():
     assert len(grouped) == 10 and all(len(g.references) == 4 for g in grouped)
 
 
+def test_split_can_keep_rows_that_share_a_target_on_one_side():
+    # one description for several inputs (a product in several colours), and one input with two descriptions
+    rows = [Example(f"item{i} | colour{c}", f"text{i // 2}") for i in range(20) for c in range(3)]
+    rows.append(Example("item0 | colour0", "another text"))
+    rows.append(Example("lone item", "text3"))  # joins the group of items 6 and 7 through its target
+    a, b = split_by_input(rows, 0.5, seed=1, same_target_together=True)
+    assert len(a) + len(b) == len(rows) and a and b
+    assert not {r.target for r in a} & {r.target for r in b}
+    assert not {r.input for r in a} & {r.input for r in b}
+    assert split_by_input(rows, 0.5, seed=1, same_target_together=True) == (a, b)
+    # by input alone, the shared descriptions land on both sides
+    a, b = split_by_input(rows, 0.5, seed=1)
+    assert {r.target for r in a} & {r.target for r in b}
+
+
 def test_templates():
     assert get_template("e2e").name == "e2e"
     with pytest.raises(ValueError, match="unknown prompt template"):

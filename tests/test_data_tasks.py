@@ -37,6 +37,9 @@ def test_adidas_sizes_and_protocol():
     s = load_task("adidas")
     assert sum(len(e.references) for e in s["test"]) == 100
     assert len(s["train"]) + len(s["validation"]) == 745
+    # no validation description is also a training one (a third of them answer several rows):
+    # choices made on validation must not reward recall the test cannot reward
+    assert not {e.target for e in s["train"]} & {e.target for e in s["validation"]}
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

@@ -224,6 +224,8 @@ def settings_key(cfg: BenchConfig, method: Method, task: str | None = None) -> s
     # the lora section concerns LoRA cells only: adding it to a config leaves the others' results standing
     lora = cfg.lora if isinstance(method, LoraFineTune) else {}
     parts = [spec, cfg.data, cfg.generation_for(task), cfg.train, cfg.reweighter, lora, cfg.grid, cfg.templates, cfg.metrics]
+    if task is not None and TASKS[task].splits_version != 1:  # the first version adds nothing: older cells stay current
+        parts.append({"splits_version": TASKS[task].splits_version})
     recipe = method.recipe_settings()
     return _key(*parts, recipe) if recipe is not None else _key(*parts)
 

@@ -196,12 +196,35 @@ def group_by_input(examples: Iterable[Example]) -> list[Example]:
     return [Example(inp, refs[0] if refs else None, tuple(refs)) for inp, refs in groups.items()]
 
 
-def split_by_input(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Split rows so that all rows of one input land on the same side (no input leaks)."""
-    inputs = list(OrderedDict.fromkeys(ex.input for ex in examples))
-    random.Random(seed).shuffle(inputs)
-    first = set(inputs[: round(len(inputs) * fraction)])
-    return [ex for ex in examples if ex.input in first], [ex for ex in examples if ex.input not in first]
+def split_by_input(examples: Sequence[Example], fraction: float, seed: int, *,
+                   same_target_together: bool = False) -> tuple[list[Example], list[Example]]:
+    """Split rows so that all rows of one input land on the same side (no input leaks).
+
+    ``same_target_together`` also keeps rows that share a target on one side, with every input
+    they touch: where one text answers several inputs (a product sold in several colours), a
+    random split by input puts the same answer on both sides, and a held-out set that can be
+    answered by recall rewards memorizing over generalizing. ``fraction`` then counts groups.
+    """
+    if not same_target_together:
+        inputs = list(OrderedDict.fromkeys(ex.input for ex in examples))
+        random.Random(seed).shuffle(inputs)
+        first = set(inputs[: round(len(inputs) * fraction)])
+        return [ex for ex in examples if ex.input in first], [ex for ex in examples if ex.input not in first]
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(node: tuple[str, str]) -> tuple[str, str]:
+        while parent.setdefault(node, node) != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for ex in examples:  # an input and its target belong together; shared ones join their groups
+        parent[root(("input", ex.input))] = root(("target", ex.target))
+    groups = list(OrderedDict.fromkeys(root(("input", ex.input)) for ex in examples))
+    random.Random(seed).shuffle(groups)
+    first = set(groups[: round(len(groups) * fraction)])
+    return ([ex for ex in examples if root(("input", ex.input)) in first],
+            [ex for ex in examples if root(("input", ex.input)) not in first])
 
 
 def find_data_dir(explicit: str | Path | None = None) -> Path:

@@ -174,9 +174,12 @@ def load_adidas(data_dir: str | Path | None = None) -> list[Example]:
 
 
 def adidas_paper_splits(data_dir: str | Path | None = None, seed: int = 0) -> Splits:
-    """The last 100 rows are the test set; the rest is split 80/20 by input into train and validation."""
+    """The last 100 rows are the test set; the rest is split 80/20 into train and validation, rows
+    that share a description on one side: a third of the descriptions answer several rows (one
+    product in several colours), and split by input alone half the validation descriptions were
+    training's word for word (against a tenth of the test's), so choices made on it favoured recall."""
     rows = load_adidas(data_dir)
-    train, validation = split_by_input(rows[:-100], 0.8, seed)
+    train, validation = split_by_input(rows[:-100], 0.8, seed, same_target_together=True)
     return {"train": train, "validation": validation, "test": group_by_input(rows[-100:])}
 
 
@@ -188,6 +191,8 @@ class Task:
     name: str
     splits: Callable[..., Splits]
     template: str  # name in TEMPLATES
+    # raised whenever the splits a seed gives change, so that results made on the old ones read as stale
+    splits_version: int = 1
 
 
 TASKS: dict[str, Task] = {
@@ -195,7 +200,7 @@ TASKS: dict[str, Task] = {
     "e2e-original": Task("e2e-original", lambda d=None, seed=0: e2e_paper_splits(d, seed, "original"), "e2e"),
     "webnlg": Task("webnlg", webnlg_paper_splits, "webnlg"),
     "commongen": Task("commongen", commongen_paper_splits, "commongen"),
-    "adidas": Task("adidas", adidas_paper_splits, "adidas"),
+    "adidas": Task("adidas", adidas_paper_splits, "adidas", splits_version=2),  # 2: descriptions kept on one side
 }
 
 
