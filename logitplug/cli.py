@@ -169,7 +169,8 @@ def train(
     endpoint_model: Optional[str] = typer.Option(None, help="model id at the endpoint (endpoint black boxes)"),
     tokenizer: Optional[str] = typer.Option(None, help="the served model's tokenizer: registered name or folder (endpoint black boxes)"),
     eval_file: Optional[Path] = typer.Option(None, help="held-out examples for early stopping (default: split off train)"),
-    eval_fraction: float = typer.Option(0.4, help="fraction of distinct inputs held out when --eval-file is not given"),
+    eval_fraction: float = typer.Option(0.4, help="fraction of distinct inputs held out when --eval-file is not given (inputs that share "
+                                       "a target count as one and stay on one side, so no held-out answer is a training one)"),
     input_column: str = typer.Option("input", help="column holding the task input"),
     target_column: str = typer.Option("target", help="column holding the target text"),
     template: Optional[str] = typer.Option(None, help=_TEMPLATE_HELP + " (default: the task's, else 'plain')"),
@@ -317,7 +318,7 @@ def train(
         else:
             if not 0 < eval_fraction < 1:
                 _fail(f"--eval-fraction must be in (0, 1), got {eval_fraction}")
-            eval_rows, train_rows = split_by_input(train_rows, eval_fraction, seed)
+            eval_rows, train_rows = split_by_input(train_rows, eval_fraction, seed, same_target_together=True)
             if not eval_rows or not train_rows:
                 _fail("too few distinct inputs to split off a held-out set; pass --eval-file")
     from .selection import demonstration_counts, fix_demonstrations
