@@ -86,6 +86,9 @@ def test_split_can_keep_rows_that_share_a_target_on_one_side():
     assert not {r.target for r in a} & {r.target for r in b}
     assert not {r.input for r in a} & {r.input for r in b}
     assert split_by_input(rows, 0.5, seed=1, same_target_together=True) == (a, b)
+    # where no target is shared, the split is the one by input alone (user tables keep their splits)
+    plain = [Example(f"in{i % 10}", f"t{i}") for i in range(40)]
+    assert split_by_input(plain, 0.6, seed=3, same_target_together=True) == split_by_input(plain, 0.6, seed=3)
     # by input alone, the shared descriptions land on both sides
     a, b = split_by_input(rows, 0.5, seed=1)
     assert {r.target for r in a} & {r.target for r in b}
