@@ -87,7 +87,7 @@ def run_quickstart(
         candidates = plugin_candidates(  # a second plugin on the black box's own token vectors, where it applies
             rcfg, token_vector_source(blackbox_name) if chosen.try_token_vectors and obstacle is None else None,
             weight if weight and blackbox_weight_conflict(weight, tcfg.rule, tcfg.strength_by) is None else 0.0,
-            (template, all_rows), chosen.try_blackbox_weight_below)
+            (template, all_rows), chosen.try_blackbox_weight_below, chosen.blackbox_weight_train)
         if len(candidates) > 1:
             result, choice = train_and_choose(bb, train_set, eval_set, prompted, tcfg, candidates, generation=gcfg,
                                               **scorers)

@@ -855,39 +855,49 @@ class Candidate:
 
 def blackbox_weight_candidate(reweighter: ReweighterConfig, weight: float,
                               prompt: tuple[PromptTemplate, Sequence[Example]] | None = None,
-                              below_coverage: float | None = None) -> Candidate:
+                              below_coverage: float | None = None,
+                              train: Mapping[str, Any] | None = None) -> Candidate:
     """The whole-vocabulary plugin at black-box weight ``weight`` (``log_softmax(w z_bb + alpha z_r)``):
     where the task's text lies outside the black box's top tokens (Adidas's catalogue sentences), it
     writes what a top-k plugin cannot; where it does not (CommonGen), held-out text rejects it.
     ``prompt``: its own template and training rows, the task prompt without demonstrations in the
     default recipe (on Adidas it wrote the catalogue's sentences far better without them: 9.24 BLEU
     against 4.78 behind three; BENCHMARKS.md, session 22). ``below_coverage``: tried only where the
-    run's top-k support holds fewer than this share of the training targets (``Candidate``)."""
+    run's top-k support holds fewer than this share of the training targets (``Candidate``). ``train``:
+    its further training settings (``blackbox_weight_settings``)."""
     template, examples = prompt if prompt is not None else (None, None)
-    return Candidate(reweighter, blackbox_weight_settings(weight), template, examples, below_coverage)
+    return Candidate(reweighter, blackbox_weight_settings(weight, train), template, examples, below_coverage)
 
 
-def blackbox_weight_settings(weight: float) -> dict[str, Any]:
-    """The training settings of ``blackbox_weight_candidate``: the whole vocabulary at black-box weight ``weight``."""
-    return {"support_k": 0, "blackbox_weight": float(weight)}
+def blackbox_weight_settings(weight: float, train: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The training settings of ``blackbox_weight_candidate``: the whole vocabulary at black-box weight
+    ``weight``, and ``train`` (e.g. ``{"select_by": "BLEU"}``: its epoch chosen by held-out text; the
+    strength grid searched by loss then goes, as a text selection rules it out)."""
+    out: dict[str, Any] = {"support_k": 0, "blackbox_weight": float(weight), **(train or {})}
+    if out.get("select_by", "loss") != "loss":
+        out["alpha_grid"] = ()
+    return out
 
 
 def plugin_candidates(reweighter: ReweighterConfig, token_vectors_from: str | None = None,
                       blackbox_weight: float = 0.0,
                       blackbox_weight_prompt: tuple[PromptTemplate, Sequence[Example]] | None = None,
                       blackbox_weight_below: float | None = None,
+                      blackbox_weight_train: Mapping[str, Any] | None = None,
                       ) -> dict[str, ReweighterConfig | Candidate]:
     """The plugins ``train_and_choose`` compares, by the names of their folders under ``candidates/``:
     the configured reweighter, and where given one on pretrained token vectors and one at a lower
     black-box weight (on ``blackbox_weight_prompt``'s template and rows, when given; tried only below
-    the support coverage ``blackbox_weight_below``, when given)."""
+    the support coverage ``blackbox_weight_below``, when given; with ``blackbox_weight_train``'s
+    further training settings)."""
     out: dict[str, ReweighterConfig | Candidate] = {"default": reweighter}
     if token_vectors_from:
         out["token-vectors"] = replace(reweighter, token_vectors_from=token_vectors_from)
     if blackbox_weight:
         out[f"blackbox-weight-{blackbox_weight:g}"] = blackbox_weight_candidate(reweighter, blackbox_weight,
                                                                                  blackbox_weight_prompt,
-                                                                                 blackbox_weight_below)
+                                                                                 blackbox_weight_below,
+                                                                                 blackbox_weight_train)
     return out
 
 
@@ -931,10 +941,10 @@ def train_and_choose(
         unknown = sorted(set(candidate.train) - known)
         if unknown or "output_dir" in candidate.train:
             raise ValueError(f"candidate {name!r}: {unknown or ['output_dir']} are not training settings it can change")
-        if candidate.train and config.select_by != "loss":  # the epoch scorer decodes through the run's own rule
-            raise ValueError(f"candidate {name!r} changes training settings, so its epochs cannot be scored by held-out "
-                             f"{config.select_by} through the run's rule; choose epochs by loss (select_by='loss')")
-        configs[name] = (replace(config, **candidate.train), candidate)
+        try:
+            configs[name] = (replace(config, **candidate.train), candidate)
+        except ValueError as e:
+            raise ValueError(f"candidate {name!r}: {e}") from None
     out = Path(config.output_dir)
     if (out / "logitplug.json").exists():
         raise FileExistsError(f"{out} already holds a trained plugin; choose another --output-dir or delete it")
@@ -958,10 +968,10 @@ def train_and_choose(
             logger.info("candidate %s already trained in %s", name, folder)
             continue
         logger.info("training candidate reweighter %s (%d of %d)", name, len(results) + 1, len(candidates))
-        prompt, own_scorers = template, scorers
-        if candidate.template is not None and candidate.template != template:  # held-out text behind its own prompt
-            prompt, own_scorers = candidate.template, held_out_scorers(tcfg, blackbox, candidate.template,
-                                                                        eval_examples, generation)
+        prompt = candidate.template if candidate.template is not None else template
+        own_scorers = scorers
+        if prompt != template or candidate.train:  # held-out text behind its own prompt, through its own rule and selection
+            own_scorers = held_out_scorers(tcfg, blackbox, prompt, eval_examples, generation)
         results[name] = train(blackbox, train_examples if candidate.examples is None else candidate.examples,
                               eval_examples, prompt, replace(tcfg, output_dir=str(folder)), candidate.reweighter,
                               **own_scorers)

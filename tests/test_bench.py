@@ -291,7 +291,9 @@ def test_a_plugin_on_top_of_fixed_demonstrations(tiny_dir, tmp_path, monkeypatch
         raise AssertionError("the demonstration count was chosen again")
 
     monkeypatch.setattr(logitplug.selection, "text_metric_selector", no_decoding)
-    raw["methods"] = [{"name": "plugin-icl-chosen-wd", "method": "plugin", "icl": [0, 1], "train": {"weight_decay": 0.1}}]
+    # (its own reweighter alone: the recipe's whole-vocabulary candidate chooses its epochs by decoded text)
+    raw["methods"] = [{"name": "plugin-icl-chosen-wd", "method": "plugin", "icl": [0, 1], "train": {"weight_decay": 0.1},
+                       "alternatives": []}]
     run_bench(parse_config(raw), progress=False)
     again = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin-icl-chosen-wd" / "seed0.json").read_text())
     assert again["info"]["demonstrations"] == chosen

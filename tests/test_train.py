@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -457,11 +458,32 @@ def test_blackbox_weight_candidates_are_checked_before_any_training(tmp_path):
         with pytest.raises(ValueError, match=says):
             train_and_choose(tiny_blackbox(), EXAMPLES, EXAMPLES, TEMPLATE, by_text, {"default": SMALL, "other": candidate},
                              strength_selector=scorer)
-    by_text_epochs = replace(by_text, select_by="BLEU")
-    with pytest.raises(ValueError, match="select_by"):
-        train_and_choose(tiny_blackbox(), EXAMPLES, EXAMPLES, TEMPLATE, by_text_epochs, {"default": SMALL, "w": tried},
-                         strength_selector=scorer, selector=lambda reweighter: 1.0)
+    by_text_graded = replace(by_text, alpha_grid=(0.5, 1.0))  # a strength grid by loss: no epoch choice by text
+    with pytest.raises(ValueError, match="candidate 'other'.*alpha_grid"):
+        train_and_choose(tiny_blackbox(), EXAMPLES, EXAMPLES, TEMPLATE, by_text_graded,
+                         {"default": SMALL, "other": Candidate(SMALL, {"select_by": "BLEU"})}, strength_selector=scorer)
     assert not (tmp_path / "plugin").exists()
+    by_bleu = blackbox_weight_candidate(SMALL, 0.5, train={"select_by": "BLEU", "patience": 3})
+    assert dict(by_bleu.train) == {"support_k": 0, "blackbox_weight": 0.5, "select_by": "BLEU", "patience": 3,
+                                   "alpha_grid": ()}  # the grid by loss goes: it cannot join a text selection
+
+
+def test_a_candidate_chooses_its_epoch_by_held_out_text_through_its_own_rule(tmp_path):
+    from logitplug.decode import GenerationConfig
+    from logitplug.selection import held_out_scorers
+    from logitplug.train import blackbox_weight_candidate, train_and_choose
+
+    bb, gen = tiny_blackbox(), GenerationConfig(max_new_tokens=3)
+    cfg = _config(tmp_path, epochs=2, strength_by="BLEU", strength_candidates=(0.0, 1.0), select_inputs=2, support_k=4)
+    scorers = held_out_scorers(cfg, bb, TEMPLATE, EXAMPLES, gen)
+    candidate = blackbox_weight_candidate(SMALL, 0.5, train={"select_by": "BLEU"})
+    _, choice = train_and_choose(bb, EXAMPLES, EXAMPLES, TEMPLATE, cfg, {"default": SMALL, "w": candidate},
+                                 generation=gen, **scorers)
+    default, weighted = (read_sidecar(tmp_path / "plugin" / "candidates" / n) for n in ("default", "w"))
+    assert default["selection"]["by"] == "loss" and weighted["selection"]["by"] == "BLEU"
+    history = json.loads((tmp_path / "plugin" / "candidates" / "w" / "history.json").read_text())
+    assert all("validation_BLEU" in record for record in history)  # every epoch decoded through its own rule
+    assert weighted["train_config"]["blackbox_weight"] == 0.5 and set(choice["held_out_mix"]) == {"default", "w"}
 
 
 @pytest.mark.parametrize("dense_limit, kept_in_loop", [(10**9, True), (0, False)], ids=["small-vocab", "large-vocab"])

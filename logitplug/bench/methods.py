@@ -326,6 +326,7 @@ class TrainedCombination(Method):
         if settings is not None and not self.tried_blackbox_weight:
             settings.pop("try_blackbox_weight", None)
             settings.pop("try_blackbox_weight_below", None)
+            settings.pop("blackbox_weight_train", None)
         return settings
 
     def support_coverage(self, ctx: CellContext) -> tuple[float, int]:
@@ -368,7 +369,8 @@ class TrainedCombination(Method):
                 if reason:
                     not_tried = f"blackbox-weight-{self.tried_blackbox_weight:g} not tried: {reason}"
             if not_tried is None:
-                alternatives.append({"train": blackbox_weight_settings(self.tried_blackbox_weight), "icl": 0})
+                extra = self.recipe.blackbox_weight_train if self.recipe is not None else None
+                alternatives.append({"train": blackbox_weight_settings(self.tried_blackbox_weight, extra), "icl": 0})
         decoded_with = ctx  # the prompt test is decoded behind: the kept candidate's
         if alternatives:
             trained = [(reweighter, info, ctx)]

@@ -1,0 +1,86 @@
+"""Carry plugin cells over a change to the whole-vocabulary candidate's training where that candidate was never trained.
+
+On 2026-12-03 (session 26) the default recipe started choosing its whole-vocabulary candidate's epoch
+by held-out BLEU (`Recipe.blackbox_weight_train`). That setting is part of the recipe, so every plugin
+cell made before it reads as made with other settings and the bench would run it again. A cell whose
+coverage gate left that candidate out (`reweighter_choice.not_tried`) trained and compared only the other
+candidates, whose training the change does not touch: its rerun would repeat it exactly. This script
+writes the current settings key into such cells, with a `restamped` record saying why, only where:
+
+1. the cell's key equals the key its method has with `blackbox_weight_train` empty (nothing else
+   changed since it was made), and
+2. the cell records that the whole-vocabulary candidate was not tried.
+
+Cells where the candidate was tried (CommonGen, Adidas) are left alone: the bench reruns them. Run:
+python benchmarks/restamp_untried.py benchmarks/scoreboard.yaml --tasks e2e,webnlg [--method plugin] [--dry-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+
+from logitplug._io import atomic_write_json
+from logitplug.bench import parse_config
+from logitplug.bench.runner import cell_path, settings_key
+from logitplug.recipes import RECIPES
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("config")
+    ap.add_argument("--tasks", required=True, help="comma-separated")
+    ap.add_argument("--method", default="plugin")
+    ap.add_argument("--dry-run", action="store_true", help="report, write nothing")
+    args = ap.parse_args()
+
+    cfg = parse_config(yaml.safe_load(Path(args.config).read_text()))
+    method = next(m for m in cfg.methods if m.name == args.method)
+    recipe = method.recipe
+    if recipe is None or not getattr(method, "tried_blackbox_weight", 0) or not recipe.blackbox_weight_train:
+        raise SystemExit(f"{args.method}: its recipe sets no training of its own for a whole-vocabulary candidate")
+    saved = RECIPES[recipe.name]
+    RECIPES[recipe.name] = replace(recipe, blackbox_weight_train={})  # the method as it was before the change
+    try:
+        old_cfg = parse_config(yaml.safe_load(Path(args.config).read_text()))
+    finally:
+        RECIPES[recipe.name] = saved
+    old_method = next(m for m in old_cfg.methods if m.name == args.method)
+    for task in args.tasks.split(","):
+        new_key, old_key = settings_key(cfg, method, task), settings_key(old_cfg, old_method, task)
+        for bb_name in cfg.blackboxes:
+            for seed in cfg.seeds:
+                path = cell_path(cfg, task, bb_name, method.name, seed)
+                if not path.exists():
+                    continue
+                cell = json.loads(path.read_text())
+                choice = cell["info"].get("reweighter_choice")
+                not_tried = choice.get("not_tried", "") if isinstance(choice, dict) else ""
+                line = {"cell": str(path)}
+                if cell.get("settings_key") == new_key:
+                    line["result"] = "current already"
+                elif cell.get("settings_key") != old_key:
+                    line["result"] = "left alone: made with other settings than the change's absence"
+                elif "blackbox-weight" not in not_tried:
+                    line["result"] = "left alone: the whole-vocabulary candidate was tried (its training changed)"
+                else:
+                    line["result"] = "restamped"
+                    cell["settings_key"] = new_key
+                    record = {
+                        "from_settings_key": old_key, "script": "benchmarks/restamp_untried.py",
+                        "why": f"{not_tried}: the change concerns that candidate's training alone, so a rerun "
+                               "trains and chooses among the same candidates and this result stands"}
+                    if "restamped" in cell:  # an earlier carry-over stays on record
+                        record["before"] = cell["restamped"]
+                    cell["restamped"] = record
+                    if not args.dry_run:
+                        atomic_write_json(path, cell, indent=2, default=str)
+                print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
