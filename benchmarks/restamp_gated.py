@@ -38,13 +38,18 @@ from logitplug.recipes import RECIPES
 from logitplug.train import coverage_gate
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def restamp_arguments(doc: str) -> argparse.Namespace:
+    """The command line every restamp script takes: a bench config, its tasks, one method, --dry-run."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("--tasks", required=True, help="comma-separated")
     ap.add_argument("--method", default="plugin")
     ap.add_argument("--dry-run", action="store_true", help="report, write nothing")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = restamp_arguments(__doc__)
 
     raw = yaml.safe_load(Path(args.config).read_text())
     cfg = parse_config(raw)

@@ -17,7 +17,6 @@ python benchmarks/restamp_untried.py benchmarks/scoreboard.yaml --tasks e2e,webn
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -28,15 +27,11 @@ from logitplug._io import atomic_write_json
 from logitplug.bench import parse_config
 from logitplug.bench.runner import cell_path, settings_key
 from logitplug.recipes import RECIPES
+from restamp_gated import restamp_arguments
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("config")
-    ap.add_argument("--tasks", required=True, help="comma-separated")
-    ap.add_argument("--method", default="plugin")
-    ap.add_argument("--dry-run", action="store_true", help="report, write nothing")
-    args = ap.parse_args()
+    args = restamp_arguments(__doc__)
 
     cfg = parse_config(yaml.safe_load(Path(args.config).read_text()))
     method = next(m for m in cfg.methods if m.name == args.method)
