@@ -48,6 +48,19 @@ def restamp_arguments(doc: str) -> argparse.Namespace:
     return ap.parse_args()
 
 
+def method_before(config: str, method_name: str, **recipe_change) -> tuple[object, object]:
+    """The bench config and its method ``method_name`` as they read with ``recipe_change`` undone on
+    the method's recipe: the settings key a cell made before that change carries."""
+    recipe = next(m for m in parse_config(yaml.safe_load(Path(config).read_text())).methods if m.name == method_name).recipe
+    saved = RECIPES[recipe.name]
+    RECIPES[recipe.name] = replace(recipe, **recipe_change)
+    try:
+        old_cfg = parse_config(yaml.safe_load(Path(config).read_text()))
+    finally:
+        RECIPES[recipe.name] = saved
+    return old_cfg, next(m for m in old_cfg.methods if m.name == method_name)
+
+
 def main() -> None:
     args = restamp_arguments(__doc__)
 
@@ -58,14 +71,7 @@ def main() -> None:
     if recipe is None or not getattr(method, "tried_blackbox_weight", 0) or recipe.try_blackbox_weight_below >= 1:
         raise SystemExit(f"{args.method}: its recipe has no coverage gate on a whole-vocabulary candidate")
     below = recipe.try_blackbox_weight_below
-    ungated_recipe = replace(recipe, try_blackbox_weight_below=1.0)
-    saved = RECIPES[recipe.name]
-    RECIPES[recipe.name] = ungated_recipe  # the method as it was before the gate
-    try:
-        old_cfg = parse_config(yaml.safe_load(Path(args.config).read_text()))
-    finally:
-        RECIPES[recipe.name] = saved
-    old_method = next(m for m in old_cfg.methods if m.name == args.method)
+    old_cfg, old_method = method_before(args.config, args.method, try_blackbox_weight_below=1.0)  # before the gate
     bb_cache: dict[str, object] = {}
     report = []
     for task in args.tasks.split(","):

@@ -18,7 +18,6 @@ python benchmarks/restamp_untried.py benchmarks/scoreboard.yaml --tasks e2e,webn
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -26,8 +25,7 @@ import yaml
 from logitplug._io import atomic_write_json
 from logitplug.bench import parse_config
 from logitplug.bench.runner import cell_path, settings_key
-from logitplug.recipes import RECIPES
-from restamp_gated import restamp_arguments
+from restamp_gated import method_before, restamp_arguments
 
 
 def main() -> None:
@@ -38,13 +36,7 @@ def main() -> None:
     recipe = method.recipe
     if recipe is None or not getattr(method, "tried_blackbox_weight", 0) or not recipe.blackbox_weight_train:
         raise SystemExit(f"{args.method}: its recipe sets no training of its own for a whole-vocabulary candidate")
-    saved = RECIPES[recipe.name]
-    RECIPES[recipe.name] = replace(recipe, blackbox_weight_train={})  # the method as it was before the change
-    try:
-        old_cfg = parse_config(yaml.safe_load(Path(args.config).read_text()))
-    finally:
-        RECIPES[recipe.name] = saved
-    old_method = next(m for m in old_cfg.methods if m.name == args.method)
+    old_cfg, old_method = method_before(args.config, args.method, blackbox_weight_train={})  # before the change
     for task in args.tasks.split(","):
         new_key, old_key = settings_key(cfg, method, task), settings_key(old_cfg, old_method, task)
         for bb_name in cfg.blackboxes:

@@ -348,10 +348,9 @@ def train(
         scorers = held_out_scorers(tcfg, bb, tmpl, eval_rows, held_out_generation)
         from .train import plugin_candidates
 
-        from .recipes import get_recipe
-
-        # the recipe's own training of the whole-vocabulary plugin, except where the user set an option
-        weight_train = {k: v for k, v in get_recipe(recipe).blackbox_weight_train.items() if not _given(ctx, k)}
+        # the recipe's own training of the whole-vocabulary plugin (a known recipe: _apply_recipe checked
+        # its name), except where the user set an option
+        weight_train = {k: v for k, v in RECIPES[recipe].blackbox_weight_train.items() if not _given(ctx, k)}
         candidates = plugin_candidates(rcfg, source, tried_weight, plain, o["try_blackbox_weight_below"], weight_train)
         if len(candidates) > 1:
             from .train import train_and_choose
