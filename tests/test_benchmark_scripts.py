@@ -1,4 +1,5 @@
-"""benchmarks/standing.py: the scoreboard BENCHMARKS.md shows is computed from the cells, never pasted."""
+"""benchmarks/standing.py and scoreboard_summary.py: BENCHMARKS.md's scoreboard and per-seed claims are
+computed from the cells, never pasted, so what they compute is tested."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import yaml
 from logitplug.bench import load_config
 from logitplug.bench.runner import cell_path, settings_key
 
-STANDING = Path(__file__).resolve().parents[1] / "benchmarks" / "standing.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 BEGIN = "<!-- standing: written by benchmarks/standing.py --into; do not edit by hand -->"
 END = "<!-- standing end -->"
 
@@ -45,16 +46,17 @@ def board(tmp_path):
     return config
 
 
-def _run(tmp_path, *args):
+def _run(tmp_path, script, *args):
+    """Run benchmarks/SCRIPT as its docstring says, from ``tmp_path`` (where it writes benchmarks/results)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(STANDING), *map(str, args)], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
 def test_standing_writes_means_of_current_cells_between_the_markers(board, tmp_path):
     doc = tmp_path / "DOC.md"
     doc.write_text(f"# Scores\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n")
-    done = _run(tmp_path, board, "--into", doc)
+    done = _run(tmp_path, "standing.py", board, "--into", doc)
     assert done.returncode == 0, done.stderr
     text = doc.read_text()
     assert text.startswith("# Scores\n\nbefore\n") and text.endswith(f"{END}\nafter\n") and "old table" not in text
@@ -72,6 +74,18 @@ def test_standing_writes_means_of_current_cells_between_the_markers(board, tmp_p
 def test_standing_refuses_a_file_without_markers_before_any_work(board, tmp_path):
     doc = tmp_path / "DOC.md"
     doc.write_text("# Scores\n")
-    done = _run(tmp_path, board, "--into", doc)
+    done = _run(tmp_path, "standing.py", board, "--into", doc)
     assert done.returncode != 0 and "has no standing markers" in done.stderr
     assert doc.read_text() == "# Scores\n" and not (tmp_path / "benchmarks/results").exists()
+
+
+def test_scoreboard_summary_pairs_seeds_and_states_the_gap_to_the_ceiling(board, tmp_path):
+    done = _run(tmp_path, "scoreboard_summary.py", board)
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads((tmp_path / "benchmarks/results/scoreboard-summary.json").read_text())
+    assert row["plugin_seeds"] == [0, 1]  # the stale seed 2 is not compared
+    # icl-3's seed 2 has no plugin partner; each plugin seed meets its own seed's demonstrations
+    assert row["against"]["icl-3"]["BLEU"] == {"wins": 2, "compared": 2, "mean_difference": 7.0}
+    assert row["against"]["icl-3"]["ROUGE-L"] == {"wins": 2, "compared": 2, "mean_difference": 1.0}
+    assert row["against"]["zero-shot"]["BLEU"] == {"wins": 2, "compared": 2, "mean_difference": 13.0}  # unseeded: every seed
+    assert row["ceiling"]["gap_percent"] == pytest.approx({"BLEU": 40.0, "ROUGE-L": 14.0})
