@@ -61,11 +61,27 @@ def method_before(config: str, method_name: str, **recipe_change) -> tuple[objec
     return old_cfg, next(m for m in old_cfg.methods if m.name == method_name)
 
 
+def finished_cells(cfg, method, task: str):
+    """Each (black box, seed, path, record) of ``method``'s finished cells on ``task``, whatever their key."""
+    for bb_name in cfg.blackboxes:
+        for seed in cfg.seeds:
+            path = cell_path(cfg, task, bb_name, method.name, seed)
+            if path.exists():
+                yield bb_name, seed, path, json.loads(path.read_text())
+
+
+def stamp(path: Path, cell: dict, new_key: str, record: dict, dry_run: bool) -> None:
+    """Write ``new_key`` into ``cell`` with ``record`` saying why, to ``path`` unless ``dry_run``."""
+    cell["settings_key"] = new_key
+    cell["restamped"] = record
+    if not dry_run:
+        atomic_write_json(path, cell, indent=2, default=str)
+
+
 def main() -> None:
     args = restamp_arguments(__doc__)
 
-    raw = yaml.safe_load(Path(args.config).read_text())
-    cfg = parse_config(raw)
+    cfg = parse_config(yaml.safe_load(Path(args.config).read_text()))
     method = next(m for m in cfg.methods if m.name == args.method)
     recipe = method.recipe
     if recipe is None or not getattr(method, "tried_blackbox_weight", 0) or recipe.try_blackbox_weight_below >= 1:
@@ -73,56 +89,46 @@ def main() -> None:
     below = recipe.try_blackbox_weight_below
     old_cfg, old_method = method_before(args.config, args.method, try_blackbox_weight_below=1.0)  # before the gate
     bb_cache: dict[str, object] = {}
-    report = []
     for task in args.tasks.split(","):
         data = prepare_task(cfg, task, cfg.data.get("train_rows"))
         task_data = {(task, None): data}
-        for bb_name in cfg.blackboxes:
-            new_key, old_key = settings_key(cfg, method, task), settings_key(old_cfg, old_method, task)
-            for seed in cfg.seeds:
-                path = cell_path(cfg, task, bb_name, method.name, seed)
-                if not path.exists():
-                    continue
-                cell = json.loads(path.read_text())
-                line = {"cell": str(path)}
-                choice = cell["info"].get("reweighter_choice")
-                tried = isinstance(choice, dict) and any(c.get("train", {}).get("blackbox_weight") for c in choice["candidates"])
-                if cell.get("settings_key") == new_key:
-                    line["result"] = "current already"
-                elif cell.get("settings_key") != old_key or not tried:
-                    line["result"] = "left alone: made with other settings than the gate's absence, or without the candidate"
+        new_key, old_key = settings_key(cfg, method, task), settings_key(old_cfg, old_method, task)
+        for bb_name, seed, path, cell in finished_cells(cfg, method, task):
+            line = {"cell": str(path)}
+            choice = cell["info"].get("reweighter_choice")
+            tried = isinstance(choice, dict) and any(c.get("train", {}).get("blackbox_weight") for c in choice["candidates"])
+            if cell.get("settings_key") == new_key:
+                line["result"] = "current already"
+            elif cell.get("settings_key") != old_key or not tried:
+                line["result"] = "left alone: made with other settings than the gate's absence, or without the candidate"
+            else:
+                if bb_name not in bb_cache:
+                    bb_cache.clear()
+                    bb_cache[bb_name] = load_blackbox(bb_name)
+                bb = bb_cache[bb_name]
+                ctx = CellContext(
+                    blackbox=bb, task=task, train=data.train, validation=data.validation, test=data.test,
+                    template=get_template(cfg.templates.get(task, TASKS[task].template)), seed=seed,
+                    generation=GenerationConfig(**cfg.generation_for(task)),
+                    models_dir=cfg.output_dir / "models" / task / blackbox_label(bb_name), train_overrides=cfg.train,
+                    reweighter_overrides=cfg.reweighter, grid=cfg.grid, progress=False,
+                    demo_pool=demo_pool(cfg, task, task_data), choice_pool=data.choice_pool, blackbox_name=bb_name)
+                count = cell["info"].get("method_demonstrations", cell["info"]["demonstrations"])
+                prompted = with_demonstrations(ctx, count)[0] if count else ctx  # one count: drawn, not chosen again
+                coverage, k = method.support_coverage(prompted)
+                line["support_coverage"] = round(coverage, 4)
+                reason = coverage_gate(coverage, below, k)
+                if reason:
+                    line["result"] = f"left alone: the gate would skip the candidate ({reason})"
                 else:
-                    if bb_name not in bb_cache:
-                        bb_cache.clear()
-                        bb_cache[bb_name] = load_blackbox(bb_name)
-                    bb = bb_cache[bb_name]
-                    ctx = CellContext(
-                        blackbox=bb, task=task, train=data.train, validation=data.validation, test=data.test,
-                        template=get_template(cfg.templates.get(task, TASKS[task].template)), seed=seed,
-                        generation=GenerationConfig(**cfg.generation_for(task)),
-                        models_dir=cfg.output_dir / "models" / task / blackbox_label(bb_name), train_overrides=cfg.train,
-                        reweighter_overrides=cfg.reweighter, grid=cfg.grid, progress=False,
-                        demo_pool=demo_pool(cfg, task, task_data), choice_pool=data.choice_pool, blackbox_name=bb_name)
-                    count = cell["info"].get("method_demonstrations", cell["info"]["demonstrations"])
-                    prompted = with_demonstrations(ctx, count)[0] if count else ctx  # one count: drawn, not chosen again
-                    coverage, k = method.support_coverage(prompted)
-                    line["support_coverage"] = round(coverage, 4)
-                    reason = coverage_gate(coverage, below, k)
-                    if reason:
-                        line["result"] = f"left alone: the gate would skip the candidate ({reason})"
-                    else:
-                        line["result"] = "restamped"
-                        cell["settings_key"] = new_key
-                        cell["info"]["support_coverage"] = round(coverage, 4)
-                        cell["restamped"] = {
-                            "from_settings_key": old_key, "script": "benchmarks/restamp_gated.py",
-                            "why": (f"{coverage:.1%} of the training targets lie in the black box's top-{k} behind this cell's "
-                                    f"prompt ({count} demonstrations), below the gate's {below:.0%}: the gated recipe trains "
-                                    "and chooses among the same candidates, so this result stands")}
-                        if not args.dry_run:
-                            atomic_write_json(path, cell, indent=2, default=str)
-                report.append(line)
-                print(json.dumps(line), flush=True)
+                    line["result"] = "restamped"
+                    cell["info"]["support_coverage"] = round(coverage, 4)
+                    stamp(path, cell, new_key, {
+                        "from_settings_key": old_key, "script": "benchmarks/restamp_gated.py",
+                        "why": (f"{coverage:.1%} of the training targets lie in the black box's top-{k} behind this cell's "
+                                f"prompt ({count} demonstrations), below the gate's {below:.0%}: the gated recipe trains "
+                                "and chooses among the same candidates, so this result stands")}, args.dry_run)
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

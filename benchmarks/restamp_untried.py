@@ -22,10 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from logitplug._io import atomic_write_json
 from logitplug.bench import parse_config
-from logitplug.bench.runner import cell_path, settings_key
-from restamp_gated import method_before, restamp_arguments
+from logitplug.bench.runner import settings_key
+from restamp_gated import finished_cells, method_before, restamp_arguments, stamp
 
 
 def main() -> None:
@@ -39,34 +38,26 @@ def main() -> None:
     old_cfg, old_method = method_before(args.config, args.method, blackbox_weight_train={})  # before the change
     for task in args.tasks.split(","):
         new_key, old_key = settings_key(cfg, method, task), settings_key(old_cfg, old_method, task)
-        for bb_name in cfg.blackboxes:
-            for seed in cfg.seeds:
-                path = cell_path(cfg, task, bb_name, method.name, seed)
-                if not path.exists():
-                    continue
-                cell = json.loads(path.read_text())
-                choice = cell["info"].get("reweighter_choice")
-                not_tried = choice.get("not_tried", "") if isinstance(choice, dict) else ""
-                line = {"cell": str(path)}
-                if cell.get("settings_key") == new_key:
-                    line["result"] = "current already"
-                elif cell.get("settings_key") != old_key:
-                    line["result"] = "left alone: made with other settings than the change's absence"
-                elif "blackbox-weight" not in not_tried:
-                    line["result"] = "left alone: the whole-vocabulary candidate was tried (its training changed)"
-                else:
-                    line["result"] = "restamped"
-                    cell["settings_key"] = new_key
-                    record = {
-                        "from_settings_key": old_key, "script": "benchmarks/restamp_untried.py",
-                        "why": f"{not_tried}: the change concerns that candidate's training alone, so a rerun "
-                               "trains and chooses among the same candidates and this result stands"}
-                    if "restamped" in cell:  # an earlier carry-over stays on record
-                        record["before"] = cell["restamped"]
-                    cell["restamped"] = record
-                    if not args.dry_run:
-                        atomic_write_json(path, cell, indent=2, default=str)
-                print(json.dumps(line), flush=True)
+        for _, _, path, cell in finished_cells(cfg, method, task):
+            choice = cell["info"].get("reweighter_choice")
+            not_tried = choice.get("not_tried", "") if isinstance(choice, dict) else ""
+            line = {"cell": str(path)}
+            if cell.get("settings_key") == new_key:
+                line["result"] = "current already"
+            elif cell.get("settings_key") != old_key:
+                line["result"] = "left alone: made with other settings than the change's absence"
+            elif "blackbox-weight" not in not_tried:
+                line["result"] = "left alone: the whole-vocabulary candidate was tried (its training changed)"
+            else:
+                line["result"] = "restamped"
+                record = {
+                    "from_settings_key": old_key, "script": "benchmarks/restamp_untried.py",
+                    "why": f"{not_tried}: the change concerns that candidate's training alone, so a rerun "
+                           "trains and chooses among the same candidates and this result stands"}
+                if "restamped" in cell:  # an earlier carry-over stays on record
+                    record["before"] = cell["restamped"]
+                stamp(path, cell, new_key, record, args.dry_run)
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
