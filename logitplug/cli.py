@@ -201,6 +201,7 @@ def train(
     blackbox_weight: float = typer.Option(1.0, help=_help(_T, "blackbox_weight")),
     support_eos: bool = typer.Option(False, help=_help(_T, "support_eos")),
     select_by: str = typer.Option("loss", help=_help(_T, "select_by")),
+    select_window: int = typer.Option(1, help=_help(_T, "select_window")),
     select_inputs: int = typer.Option(100, help=_help(_T, "select_inputs")),
     select_renamed: float = typer.Option(0.0, help=_help(_T, "select_renamed")),
     select_renamed_syllables: str = typer.Option("held-out", help=_help(_T, "select_renamed_syllables")),

@@ -238,6 +238,29 @@ def test_selection_by_a_text_metric_keeps_the_epoch_with_the_best_score(tmp_path
     assert scorer(trained) == pytest.approx(want)
 
 
+def test_a_smoothed_text_choice_passes_over_a_lone_spike_and_keeps_that_epochs_weights(tmp_path):
+    bb = tiny_blackbox()
+    raw = [10.0, 40.0, 5.0, 25.0, 30.0, 28.0, 12.0, 11.0]  # epoch 2 a spike; 4-6 good together
+    scores = iter(raw)
+    cfg = _config(tmp_path / "smooth", epochs=9, select_by="BLEU", select_window=3, patience=3)
+    result = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cfg, SMALL, selector=lambda rw: next(scores))
+    sidecar = read_sidecar(result.plugin_dir)
+    # centred means 20, 18.3, 23.3, 20, 27.7, 23.3, 17, 11.3 (epoch 6 led for a while on 30, 28, 28): epoch 5,
+    # and three evaluations without a better mean stop training before the ninth epoch
+    assert sidecar["best_epoch"] == 5 and len(result.history) == 8
+    assert sidecar["selection"]["value"] == 30.0 and sidecar["selection"]["smoothed"] == pytest.approx(83 / 3)
+    assert not (result.plugin_dir / "evaluations").exists() and not (result.plugin_dir / "best").exists()
+    # the weights are epoch 5's: the same run choosing epoch 5 on its own score keeps the same tensors
+    spike = iter([0.0, 0.0, 0.0, 0.0, 50.0, 0.0, 0.0, 0.0, 0.0])  # the same epochs: the same learning-rate schedule
+    plain = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, replace(cfg, output_dir=str(tmp_path / "plain"), select_window=1,
+                  patience=1000), SMALL, selector=lambda rw: next(spike))
+    assert read_sidecar(plain.plugin_dir)["best_epoch"] == 5
+    a, b = load_file(str(result.plugin_dir / "model.safetensors")), load_file(str(plain.plugin_dir / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="select_window must be odd"):
+        _config(tmp_path, select_window=2)
+
+
 def test_a_gated_reweighter_trains_its_gate(tmp_path):
     bb = tiny_blackbox()
     cfg = ReweighterConfig(num_layers=1, hidden_size=64, num_heads=4, intermediate_size=128, gate=True)
