@@ -13,10 +13,10 @@ For each finished cell of the method whose key is the key before the change, thi
 1. restamps it unchanged where the coverage gate left the candidate out (`not_tried`);
 2. restamps it unchanged where the candidate's held-out scores are the same under both rules (so
    every mix, and the choice, is the same);
-3. where the old cell kept the candidate, bounds the new mixes from the old mixes and the candidate's
-   old and new held-out scores alone (`least_mix`, `most_mix`: the per-metric shares are not recorded,
-   so every split of each old mix over the metrics is allowed) and, only if the candidate is still
-   kept under every allowed split, writes the new candidate's test result into the cell.
+3. otherwise bounds the new mixes from the old mixes and the candidate's old and new held-out scores
+   alone (`choice_stands`: the per-metric shares are not recorded, so every split of each old mix over
+   the metrics is allowed) and, only if the same plugin is kept under every allowed split, restamps the
+   cell, with the new candidate's test result where that plugin is the candidate.
 
 Anything else is left alone (the bench reruns it). Run:
 python benchmarks/restamp_smoothed.py benchmarks/scoreboard.yaml --tasks e2e,webnlg,commongen,adidas [--dry-run]
@@ -61,20 +61,55 @@ def least_mix(ratios: list[float], mix: float) -> float:
     return low
 
 
-def most_mix(ratios: list[float], mix: float) -> float:
-    """The highest mean of min(1, c_m * x_m) over shares x_m in [0, 1] with mean ``mix``, c_m = max(1, 1/r_m):
-    another candidate's new mix when the kept one's metric m moved by r_m (where it fell, the best score
-    may have fallen with it, raising the others' shares by at most 1/r_m). Each term rises at rate c_m
-    until it reaches 1, so filling the steepest first is optimal.
+def most_mix(rates: list[float], mix: float) -> float:
+    """The highest mean of min(1, c_m * x_m) over shares x_m in [0, 1] with mean ``mix``. With c_m =
+    max(1, 1/r_m): another candidate's new mix when the changed candidate's metric m moved by r_m (where
+    it fell, the best score may have fallen with it, raising the others' shares by at most 1/r_m); with
+    c_m = max(1, r_m): the changed candidate's own new mix at most. Each term rises at rate c_m until it
+    reaches 1, so filling the steepest first is optimal.
 
-    >>> round(most_mix([1.094, 0.627, 1.067, 0.979], 0.5962), 4)
+    >>> round(most_mix([max(1, 1 / r) for r in [1.094, 0.627, 1.067, 0.979]], 0.5962), 4)
     0.6947
     """
-    n, left, value = len(ratios), mix * len(ratios), 0.0
-    for c in sorted((max(1.0, 1.0 / r) for r in ratios), reverse=True):
+    n, left, value = len(rates), mix * len(rates), 0.0
+    for c in sorted(rates, reverse=True):
         take = min(left, 1.0 / c)
         value, left = value + c * take, left - take
     return min(1.0, value / n) if n else 0.0
+
+
+def least_linear(rates: list[float], mix: float) -> float:
+    """The lowest mean of a_m * x_m over shares x_m in [0, 1] with mean ``mix``: with a_m = 1/max(1, r_m),
+    another candidate's new mix at least (where the changed candidate rose past the best, that best rose
+    by at most r_m).
+
+    >>> least_linear([1.0, 0.5], 0.5)
+    0.25
+    """
+    n, left, value = len(rates), mix * len(rates), 0.0
+    for a in sorted(rates):
+        take = min(left, 1.0)
+        value, left = value + a * take, left - take
+    return value / n if n else 0.0
+
+
+def choice_stands(mixes: list[float], index: int, ratios: list[float], chosen: int) -> tuple[bool, dict]:
+    """Whether ``selection.choose_plugin`` picks ``chosen`` again after candidate ``index``'s held-out
+    metrics moved by ``ratios``, for every split of the old ``mixes`` over the metrics; with the bounds."""
+    lo, hi = [], []
+    for i, mix in enumerate(mixes):
+        if i == index:
+            lo.append(least_mix(ratios, mix))
+            hi.append(most_mix([max(1.0, r) for r in ratios], mix))
+        else:
+            lo.append(least_linear([1.0 / max(1.0, r) for r in ratios], mix))
+            hi.append(most_mix([max(1.0, 1.0 / r) for r in ratios], mix))
+    rest = [i for i in range(1, len(mixes)) if i != chosen]
+    if chosen == 0:  # no challenger may lead the default by more than the margin
+        stands = all(hi[i] <= lo[0] + MARGIN for i in rest)
+    else:  # the same challenger, strictly ahead of the others, and beyond the margin over the default
+        stands = lo[chosen] > hi[0] + MARGIN and all(lo[chosen] > hi[i] for i in rest)
+    return stands, {"at_least": lo, "at_most": hi}
 
 
 def held_out(cell: dict) -> dict[str, float]:
@@ -127,24 +162,25 @@ def main() -> None:
                                      "candidate's mix and the choice are the same")
                     if choice["chosen"] == index:
                         take_result(cell, new)
-                elif choice["chosen"] == index and all(was[m] > 0 for m in was):
+                elif all(was[m] > 0 and now[m] > 0 for m in was):
                     ratios = [now[m] / was[m] for m in sorted(was)]
-                    kept_low = least_mix(ratios, mixes[index])
-                    others_high = [most_mix(ratios, v) for i, v in enumerate(mixes) if i != index]
-                    default_high = others_high[0] if index != 0 else None
-                    line["bounds"] = {"kept_at_least": kept_low, "others_at_most": others_high}
-                    if (default_high is None or kept_low > default_high + MARGIN) and all(kept_low > h for h in others_high):
-                        line["result"] = "restamped with the new candidate's result"
-                        record["why"] = (f"the candidate's held-out mix is at least {kept_low:.3f} under the new rule "
-                                         f"and the others' at most {max(others_high):.3f} (from the recorded mixes and "
-                                         "its held-out scores, for every split of the old mixes over the metrics): "
-                                         f"it is kept again, and its test result is the {SMOOTHED} cell's")
+                    stands, line["bounds"] = choice_stands(mixes, index, ratios, choice["chosen"])
+                    kept = choice["chosen"] == index
+                    if stands:
+                        line["result"] = "restamped" + (" with the new candidate's result" if kept else "")
+                        record["why"] = ("for every split of the recorded held-out mixes over the metrics, the candidate's "
+                                         "old and new held-out scores leave the choice as it was "
+                                         f"(mixes at least {[round(v, 3) for v in line['bounds']['at_least']]}, at most "
+                                         f"{[round(v, 3) for v in line['bounds']['at_most']]}, margin {MARGIN})"
+                                         + (f": it is kept again, and its test result is the {SMOOTHED} cell's" if kept
+                                            else ": the same plugin is kept and this result stands"))
                         choice["held_out_mix_bounds"] = line["bounds"]
-                        take_result(cell, new)
+                        if kept:
+                            take_result(cell, new)
                     else:
-                        line["result"] = "left alone: the bounds do not prove the candidate kept"
+                        line["result"] = "left alone: the bounds do not prove the same choice"
                 else:
-                    line["result"] = "left alone: the candidate lost before and its held-out text changed"
+                    line["result"] = "left alone: a held-out score of 0 leaves the shares unbounded"
             if "why" in record:
                 if "restamped" in cell:  # an earlier carry-over stays on record
                     record["before"] = cell["restamped"]
