@@ -257,6 +257,21 @@ def test_a_smoothed_text_choice_passes_over_a_lone_spike_and_keeps_that_epochs_w
     assert read_sidecar(plain.plugin_dir)["best_epoch"] == 5
     a, b = load_file(str(result.plugin_dir / "model.safetensors")), load_file(str(plain.plugin_dir / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # interrupted mid-epoch 5, before its evaluation: the kept evaluations' weights wait on disk for the resumed run
+    scores = iter(raw)
+
+    def interrupt(state):
+        if state.global_step == 9:
+            raise KeyboardInterrupt
+
+    cut = replace(cfg, output_dir=str(tmp_path / "cut"))
+    with pytest.raises(TrainingInterrupted):
+        train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cut, SMALL, selector=lambda rw: next(scores), callbacks=[interrupt])
+    assert sorted(p.name for p in (Path(cut.output_dir) / "evaluations").iterdir()) == ["0", "1", "2", "3"]
+    resumed = train(bb, EXAMPLES, EXAMPLES[:4], TEMPLATE, cut, SMALL, selector=lambda rw: next(scores))
+    assert read_sidecar(resumed.plugin_dir)["best_epoch"] == 5 and len(resumed.history) == 8
+    c = load_file(str(resumed.plugin_dir / "model.safetensors"))
+    assert all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)
     with pytest.raises(ValueError, match="select_window must be odd"):
         _config(tmp_path, select_window=2)
 
