@@ -108,7 +108,7 @@ RECIPES: dict[str, Recipe] = {
         # patience 3: a text metric moves more from epoch to epoch than the loss does.
         # select_window 3: on 100 held-out inputs that metric jumps (Adidas seed 2: 3.84, 7.24, 2.99, 5.50 over
         # epochs 1-4) and a lone spike chose epoch 2; averaged with its neighbours every seed kept epoch 6, and
-        # the three seeds' test means rose from 7.13 / 9.22 / 16.90 / 0.11 to 7.70 / 10.48 / 18.42 / 0.11,
+        # the three seeds' test means rose from 7.13 / 9.22 / 16.90 / 0.11 to 7.70 / 10.48 / 18.41 / 0.11,
         # ahead of the mixture at 0.75 on all four (BENCHMARKS.md, session 28)
         blackbox_weight_train={"select_by": "BLEU", "patience": 3, "select_window": 3},
         # max_length: room for three demonstrations in long-output tasks (Adidas: ~610 tokens)
