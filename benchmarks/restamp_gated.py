@@ -70,6 +70,17 @@ def finished_cells(cfg, method, task: str):
                 yield bb_name, seed, path, json.loads(path.read_text())
 
 
+def untried_why(cell: dict) -> str | None:
+    """Why a change to the whole-vocabulary candidate's training leaves ``cell`` standing, where the
+    coverage gate left that candidate out of it (None where the cell tried it)."""
+    choice = cell["info"].get("reweighter_choice")
+    not_tried = choice.get("not_tried", "") if isinstance(choice, dict) else ""
+    if "blackbox-weight" not in str(not_tried):
+        return None
+    return (f"{not_tried}: the change concerns that candidate's training alone, so a rerun trains and chooses "
+            "among the same candidates and this result stands")
+
+
 def stamp(path: Path, cell: dict, new_key: str, record: dict, dry_run: bool) -> None:
     """Write ``new_key`` into ``cell`` with ``record`` saying why, to ``path`` unless ``dry_run``."""
     cell["settings_key"] = new_key

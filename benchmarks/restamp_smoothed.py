@@ -32,7 +32,7 @@ import yaml
 
 from logitplug.bench import parse_config
 from logitplug.bench.runner import cell_path, current_cell, settings_key
-from restamp_gated import finished_cells, method_before, restamp_arguments, stamp
+from restamp_gated import finished_cells, method_before, restamp_arguments, stamp, untried_why
 
 SMOOTHED, UNSMOOTHED = "plugin-w-select-bleu-smooth3", "plugin-w-select-bleu"
 MARGIN = 0.02  # train_and_choose's: another candidate must lead the default's mix by more
@@ -139,10 +139,9 @@ def main() -> None:
                 line["result"] = "current already"
             elif cell.get("settings_key") != old_key or "candidates" not in choice:
                 line["result"] = "left alone: made with other settings than the change's absence"
-            elif "blackbox-weight" in str(choice.get("not_tried", "")):
+            elif (why := untried_why(cell)) is not None:
                 line["result"] = "restamped"
-                record["why"] = (f"{choice['not_tried']}: the change concerns that candidate's training alone, so a "
-                                 "rerun trains and chooses among the same candidates and this result stands")
+                record["why"] = why
             else:
                 index = next(i for i, c in enumerate(choice["candidates"]) if c.get("train", {}).get("blackbox_weight"))
                 cells = {name: current_cell(cell_path(cfg, task, bb_name, name, seed), settings_key(cfg, m, task))

@@ -24,7 +24,7 @@ import yaml
 
 from logitplug.bench import parse_config
 from logitplug.bench.runner import settings_key
-from restamp_gated import finished_cells, method_before, restamp_arguments, stamp
+from restamp_gated import finished_cells, method_before, restamp_arguments, stamp, untried_why
 
 
 def main() -> None:
@@ -39,21 +39,17 @@ def main() -> None:
     for task in args.tasks.split(","):
         new_key, old_key = settings_key(cfg, method, task), settings_key(old_cfg, old_method, task)
         for _, _, path, cell in finished_cells(cfg, method, task):
-            choice = cell["info"].get("reweighter_choice")
-            not_tried = choice.get("not_tried", "") if isinstance(choice, dict) else ""
+            why = untried_why(cell)
             line = {"cell": str(path)}
             if cell.get("settings_key") == new_key:
                 line["result"] = "current already"
             elif cell.get("settings_key") != old_key:
                 line["result"] = "left alone: made with other settings than the change's absence"
-            elif "blackbox-weight" not in not_tried:
+            elif why is None:
                 line["result"] = "left alone: the whole-vocabulary candidate was tried (its training changed)"
             else:
                 line["result"] = "restamped"
-                record = {
-                    "from_settings_key": old_key, "script": "benchmarks/restamp_untried.py",
-                    "why": f"{not_tried}: the change concerns that candidate's training alone, so a rerun "
-                           "trains and chooses among the same candidates and this result stands"}
+                record = {"from_settings_key": old_key, "script": "benchmarks/restamp_untried.py", "why": why}
                 if "restamped" in cell:  # an earlier carry-over stays on record
                     record["before"] = cell["restamped"]
                 stamp(path, cell, new_key, record, args.dry_run)

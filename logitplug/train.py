@@ -602,7 +602,8 @@ def train(
         means = smoothed([h["criterion"] for h in state.history], config.select_window)
         for h, m in zip(state.history, means):
             h["smoothed_criterion"] = m
-        best = next(i for i, m in enumerate(means) if m <= min(means) + 1e-4)  # near ties: the earlier evaluation
+        lowest = min(means)
+        best = next(i for i, m in enumerate(means) if m <= lowest + 1e-4)  # near ties: the earlier evaluation
         chosen = state.history[best]
         state.bad_epochs = sum(h["epoch"] > 0 for h in state.history[best + 1:])
         state.best_criterion, state.best_loss = means[best], chosen["eval_loss"]
