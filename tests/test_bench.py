@@ -435,6 +435,19 @@ def test_a_plugin_with_alternatives_keeps_the_reweighter_whose_held_out_text_win
     assert cells["choose"]["info"]["artifact"] == cells[kept]["info"]["artifact"]
     assert cells["choose"]["generations"] == cells[kept]["generations"]
     assert choice["chosen"] == 0 or mixes[choice["chosen"]] > mixes[0] + 0.02
+    # the same candidates decoded as one: each weighted by its strength over their count, no training
+    raw["methods"] = [{**choose, "name": "together", "ensemble": True}]
+    run_bench(parse_config(raw), progress=False)
+    assert trainings == []
+    together = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "together" / "seed0.json").read_text())
+    ensemble = together["info"]["ensemble"]
+    assert ensemble["members"] == [cells[m]["info"]["artifact"] for m in ("plain", "gated", "decayed")]
+    strengths = [json.loads((Path(a) / "logitplug.json").read_text())["train_config"]["alpha"] for a in ensemble["members"]]
+    assert ensemble["weights"] == pytest.approx([a / 3 for a in strengths])
+    assert set(ensemble["held_out"]) == {"BLEU", "ROUGE-L"} and len(ensemble["members_held_out"]) == 3
+    assert together["info"]["rule"].endswith("alpha:1")
+    with pytest.raises(ValueError, match="'ensemble'.*applies to plugin methods"):
+        make_method({"name": "x", "method": "small", "ensemble": True})
 
 
 def test_model_keys_ignore_settings_left_at_their_defaults():

@@ -251,3 +251,35 @@ def test_token_vectors_are_read_alone_from_safetensors_or_else_from_the_whole_mo
         pretrained_token_vectors(str(tmp_path / "single"))
     bb.model.save_pretrained(tmp_path / "plain")
     assert torch.equal(pretrained_token_vectors(str(tmp_path / "plain")), table)
+
+
+def test_a_logit_sum_decodes_as_its_members_weighted():
+    from logitplug.combine import SupportProductRule
+    from logitplug.decode import Decoder, GenerationConfig
+    from logitplug.reweighter import LogitSum
+
+    bb = tiny_blackbox()
+    one = Reweighter.build(ReweighterConfig(**SMALL), bb.vocab_size, bb.tokenizer, seed=1)
+    two = Reweighter.build(ReweighterConfig(**SMALL), bb.vocab_size, bb.tokenizer, seed=2)
+    for layer in (one, two):  # a head whose votes move the text, by an amount that depends on its weight
+        torch.nn.init.normal_(layer.lm.lm_head.weight, std=0.05)
+    # one member at weight a through strength 1 is that member at strength a, repetition penalty included
+    gen = GenerationConfig(max_new_tokens=8, repetition_penalty=1.3)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    alone = Decoder(bb, one, SupportProductRule(k=6, alpha=0.6), gen).generate_ids(prompts)
+    summed = Decoder(bb, LogitSum([one], [0.6]), SupportProductRule(k=6, alpha=1.0), gen).generate_ids(prompts)
+    assert [g.token_ids for g in summed] == [g.token_ids for g in alone]
+    full = Decoder(bb, one, SupportProductRule(k=6, alpha=1.0), gen).generate_ids(prompts)
+    assert [g.token_ids for g in full] != [g.token_ids for g in alone]  # the weight is what made them agree
+    # two members: the weighted sum of their logits, teacher-forced and step by step alike
+    both = LogitSum([one, two], [0.25, 0.75])
+    ids = torch.randint(0, bb.vocab_size, (2, 6))
+    mask = torch.ones_like(ids)
+    torch.testing.assert_close(both(ids, mask), 0.25 * one(ids, mask) + 0.75 * two(ids, mask))
+    first, state = both.start(ids[:, :4], mask[:, :4])
+    torch.testing.assert_close(first, both(ids[:, :4], mask[:, :4])[:, -1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both.step(state, ids[:, 4]), both(ids[:, :5], mask[:, :5])[:, -1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="2 members but 1 weights"):
+        LogitSum([one, two], [1.0])
+    with pytest.raises(ValueError, match="at least one member"):
+        LogitSum([], [])

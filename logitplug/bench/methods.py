@@ -9,6 +9,7 @@ and a rerun reuses what is finished.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import re
@@ -28,8 +29,8 @@ from ..data.augment import RENAMING_VERSION
 from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
-from ..reweighter import WEIGHTS_NAME, LogitDifference, Reweighter, ReweighterConfig, read_sidecar
-from ..selection import choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers
+from ..reweighter import WEIGHTS_NAME, LogitDifference, LogitSum, Reweighter, ReweighterConfig, read_sidecar
+from ..selection import choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers, held_out_text_scores
 from ..train import (
     TrainConfig, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, coverage_gate, plugin_finished, support_coverage,
     token_vector_conflict, train, trained_rule,
@@ -300,10 +301,13 @@ class TrainedCombination(Method):
     the plugin (product), the paper's weighted mixture, or the small model alone."""
 
     def __init__(self, name: str, rule: str, mixture_weight: float = 0.5,
-                 alternatives: list[dict[str, Any]] | None = None, **kw: Any):
+                 alternatives: list[dict[str, Any]] | None = None, ensemble: bool = False, **kw: Any):
         super().__init__(name, **kw)
         self.rule = rule
         self.mixture_weight = mixture_weight
+        # decode test through every trained candidate behind the method's own prompt and support at
+        # once (their strength-scaled logits averaged, ``LogitSum``) instead of the one held-out text keeps
+        self.ensemble = bool(ensemble)
         # other reweighters (reweighter settings over the method's, and a 'train' mapping over its training
         # settings) trained beside it; the one whose held-out text scores best decodes test
         # (selection.choose_plugin, as `train --try-token-vectors`)
@@ -388,12 +392,16 @@ class TrainedCombination(Method):
                                                   "candidates": [{}, *alternatives]}}
             if not_tried:
                 info["reweighter_choice"]["not_tried"] = not_tried
+            if self.ensemble:
+                reweighter, info = self._ensemble(decoded_with, overrides, trained, info)
         elif skipped or not_tried:
             info = {**info, "reweighter_choice": "; ".join(r for r in (skipped, not_tried) if r)}
         if coverage is not None:
             info = {**info, "support_coverage": round(coverage, 4)}
         seconds["train"] = time.perf_counter() - t1
         rule = trained_rule(info["artifact"], ctx.blackbox.tokenizer.eos_token_id)  # decode through the rule it was trained through
+        if "ensemble" in info:  # the members' strengths are in the sum's weights
+            rule = _at_strength(rule, 1.0)
         info["rule"] = rule.signature()
         info.update(demo_info)
         if decoded_with is not ctx:  # the kept candidate has its own prompt: say what test was decoded behind
@@ -404,6 +412,34 @@ class TrainedCombination(Method):
         seconds["decode"] = time.perf_counter() - t2
         info["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
         return MethodOutput(outputs, info)
+
+
+    def _ensemble(self, ctx: CellContext, overrides: dict[str, Any], trained: list, chosen: dict[str, Any],
+                  ) -> tuple[LogitSum, dict[str, Any]]:
+        """The kept candidate and every other trained behind its prompt (``ctx``) through its rule (short
+        of the strength) as one ``LogitSum``, each weighted by its strength over their count; the sum's
+        held-out scores (the strength choice's inputs and metrics) recorded beside each member's."""
+        eos = ctx.blackbox.tokenizer.eos_token_id
+        family = _at_strength(trained_rule(chosen["artifact"], eos), 1.0).signature()
+        members = [(r, i) for r, i, c in trained
+                   if c is ctx and _at_strength(trained_rule(i["artifact"], eos), 1.0).signature() == family]
+        weights = [trained_rule(i["artifact"], eos).alpha / len(members) for _, i in members]
+        summed = LogitSum([r for r, _ in members], weights)
+        probe = TrainConfig(output_dir="-", **{**ctx.train_overrides, **overrides, "seed": ctx.seed})
+        scorer = held_out_scorers(probe, ctx.blackbox, ctx.template, ctx.choice_pool or ctx.validation,
+                                  ctx.generation)["strength_selector"]
+        held_out = scorer(summed, _at_strength(trained_rule(chosen["artifact"], eos), 1.0))
+        info = {**chosen, "ensemble": {
+            "members": [i["artifact"] for _, i in members], "weights": weights, "held_out": held_out,
+            "members_held_out": [held_out_text_scores(i["artifact"]) for _, i in members]}}
+        return summed, info
+
+
+def _at_strength(rule: Any, alpha: float) -> Any:
+    """``rule`` (a product rule) at strength ``alpha``."""
+    out = copy.copy(rule)
+    out.alpha = float(alpha)
+    return out
 
 
 class ProxyTuning(Method):
@@ -464,14 +500,15 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
     reweighter, lora, generation, chat, icl, recipe, alternatives}`` naming a variant of a base method
     with its own settings (``chat: true``: prompts through the task template's chat twin;
     ``alternatives``: other reweighter settings, each with its own ``train`` settings if given, trained beside a
-    plugin, the best on held-out text kept). Plugin methods
+    plugin, the best on held-out text kept; ``ensemble: true``: test decoded through all of them at once,
+    ``LogitSum``). Plugin methods
     start from ``recipe`` (default: ``default_recipe``); the paper's baselines from the paper's."""
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, dict) or "name" not in spec:
         raise ValueError(f"a method is a name or a mapping with 'name'; got {spec!r}")
     unknown = set(spec) - {"name", "method", "train", "reweighter", "lora", "generation", "chat", "icl", "recipe",
-                           "alternatives"}
+                           "alternatives", "ensemble"}
     if unknown:
         raise ValueError(f"method {spec['name']!r}: unknown keys {sorted(unknown)}")
     base = str(spec.get("method", spec["name"]))
@@ -514,6 +551,11 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
                     _check_keys(spec["name"], "alternatives", alt_reweighter, ReweighterConfig)
                     _check_keys(spec["name"], "alternatives' train", alt_train, TrainConfig)
                 kw["alternatives"] = alternatives
+            if spec.get("ensemble"):
+                if not (isinstance(probe, TrainedCombination) and probe.rule == "product"):
+                    raise ValueError(f"method {spec['name']!r}: 'ensemble' (decode through the trained candidates' "
+                                     "averaged logits) applies to plugin methods")
+                kw["ensemble"] = True
             _check_keys(spec["name"], "generation", kw["generation"], GenerationConfig)
             _check_keys(spec["name"], "train", kw["train"], TrainConfig)
             _check_keys(spec["name"], "reweighter", kw["reweighter"], ReweighterConfig)
