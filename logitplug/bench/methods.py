@@ -413,22 +413,21 @@ class TrainedCombination(Method):
         info["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
         return MethodOutput(outputs, info)
 
-
     def _ensemble(self, ctx: CellContext, overrides: dict[str, Any], trained: list, chosen: dict[str, Any],
                   ) -> tuple[LogitSum, dict[str, Any]]:
         """The kept candidate and every other trained behind its prompt (``ctx``) through its rule (short
         of the strength) as one ``LogitSum``, each weighted by its strength over their count; the sum's
         held-out scores (the strength choice's inputs and metrics) recorded beside each member's."""
         eos = ctx.blackbox.tokenizer.eos_token_id
-        family = _at_strength(trained_rule(chosen["artifact"], eos), 1.0).signature()
+        rule = _at_strength(trained_rule(chosen["artifact"], eos), 1.0)
         members = [(r, i) for r, i, c in trained
-                   if c is ctx and _at_strength(trained_rule(i["artifact"], eos), 1.0).signature() == family]
+                   if c is ctx and _at_strength(trained_rule(i["artifact"], eos), 1.0).signature() == rule.signature()]
         weights = [trained_rule(i["artifact"], eos).alpha / len(members) for _, i in members]
         summed = LogitSum([r for r, _ in members], weights)
         probe = TrainConfig(output_dir="-", **{**ctx.train_overrides, **overrides, "seed": ctx.seed})
         scorer = held_out_scorers(probe, ctx.blackbox, ctx.template, ctx.choice_pool or ctx.validation,
                                   ctx.generation)["strength_selector"]
-        held_out = scorer(summed, _at_strength(trained_rule(chosen["artifact"], eos), 1.0))
+        held_out = scorer(summed, rule)
         info = {**chosen, "ensemble": {
             "members": [i["artifact"] for _, i in members], "weights": weights, "held_out": held_out,
             "members_held_out": [held_out_text_scores(i["artifact"]) for _, i in members]}}
