@@ -382,7 +382,7 @@ def _valid_strengths(values: Sequence[float]) -> bool:
     return all(math.isfinite(a) and a >= 0 for a in values)
 
 
-def _at_strength(rule, alpha: float):
+def at_strength(rule, alpha: float):
     """A copy of a product rule at another strength (same support and settings)."""
     scaled = copy.copy(rule)
     scaled.alpha = float(alpha)
@@ -407,7 +407,7 @@ def _evaluate(model, accelerator, losses: _Losses, rule, encoded, batch_size,
     ``alphas``: the same weights with the rule's strength set to each, and the teacher-forced
     top-1 accuracy at each of ``alphas``), reduced over processes."""
     model.eval()
-    scaled = [_at_strength(rule, a) for a in alphas]
+    scaled = [at_strength(rule, a) for a in alphas]
     n = len(alphas)
     sums = torch.zeros(3 + 2 * n, dtype=torch.float64)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -751,12 +751,12 @@ def _choose_strength(folder: Path, blackbox: BlackBox, rule, config: TrainConfig
     outputs: dict[str, list[str]] = {}
     if hasattr(score, "many"):  # every strength from one pass of the prompts (the same text as one decode each)
         logger.info("decoding %d held-out inputs at strengths %s", len(score.prompts), ", ".join(f"{a:g}" for a in candidates))
-        got_all = score.many(model, [_at_strength(rule, a) for a in candidates], config.progress)
+        got_all = score.many(model, [at_strength(rule, a) for a in candidates], config.progress)
         for a, got, texts in zip(candidates, got_all, score.last_outputs_many):  # texts kept by the call above
             scores[a], outputs[f"{a:g}"] = {k: float(v) for k, v in got.items()}, texts
     else:
         for a in tqdm(candidates, desc=f"strength by held-out {config.strength_by}", disable=not config.progress):
-            got = score(model, _at_strength(rule, a))
+            got = score(model, at_strength(rule, a))
             scores[a] = {k: float(v) for k, v in got.items()} if isinstance(got, dict) else {config.strength_by: float(got)}
             if getattr(score, "last_outputs", None):
                 outputs[f"{a:g}"] = list(score.last_outputs)  # type: ignore[attr-defined]

@@ -9,7 +9,6 @@ and a rerun reuses what is finished.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import re
@@ -32,7 +31,7 @@ from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import WEIGHTS_NAME, LogitDifference, LogitSum, Reweighter, ReweighterConfig, read_sidecar
 from ..selection import choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers, held_out_text_scores
 from ..train import (
-    TrainConfig, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, coverage_gate, plugin_finished, support_coverage,
+    TrainConfig, at_strength, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, coverage_gate, plugin_finished, support_coverage,
     token_vector_conflict, train, trained_rule,
 )
 
@@ -376,6 +375,7 @@ class TrainedCombination(Method):
                 extra = self.recipe.blackbox_weight_train if self.recipe is not None else None
                 alternatives.append({"train": blackbox_weight_settings(self.tried_blackbox_weight, extra), "icl": 0})
         decoded_with = ctx  # the prompt test is decoded behind: the kept candidate's
+        rule = None  # the rule test is decoded through, where not the kept candidate's own
         if alternatives:
             trained = [(reweighter, info, ctx)]
             for alt in alternatives:
@@ -393,15 +393,14 @@ class TrainedCombination(Method):
             if not_tried:
                 info["reweighter_choice"]["not_tried"] = not_tried
             if self.ensemble:
-                reweighter, info = self._ensemble(decoded_with, overrides, trained, info)
+                reweighter, info, rule = self._ensemble(decoded_with, overrides, trained, info)
         elif skipped or not_tried:
             info = {**info, "reweighter_choice": "; ".join(r for r in (skipped, not_tried) if r)}
         if coverage is not None:
             info = {**info, "support_coverage": round(coverage, 4)}
         seconds["train"] = time.perf_counter() - t1
-        rule = trained_rule(info["artifact"], ctx.blackbox.tokenizer.eos_token_id)  # decode through the rule it was trained through
-        if "ensemble" in info:  # the members' strengths are in the sum's weights
-            rule = _at_strength(rule, 1.0)
+        if rule is None:  # decode through the rule it was trained through
+            rule = trained_rule(info["artifact"], ctx.blackbox.tokenizer.eos_token_id)
         info["rule"] = rule.signature()
         info.update(demo_info)
         if decoded_with is not ctx:  # the kept candidate has its own prompt: say what test was decoded behind
@@ -414,31 +413,25 @@ class TrainedCombination(Method):
         return MethodOutput(outputs, info)
 
     def _ensemble(self, ctx: CellContext, overrides: dict[str, Any], trained: list, chosen: dict[str, Any],
-                  ) -> tuple[LogitSum, dict[str, Any]]:
+                  ) -> tuple[LogitSum, dict[str, Any], Any]:
         """The kept candidate and every other trained behind its prompt (``ctx``) through its rule (short
-        of the strength) as one ``LogitSum``, each weighted by its strength over their count; the sum's
-        held-out scores (the strength choice's inputs and metrics) recorded beside each member's."""
+        of the strength) as one ``LogitSum``, each weighted by its strength over their count, and the rule
+        to decode it through (the kept one's at strength 1); the sum's held-out scores (the strength
+        choice's inputs and metrics) recorded beside each member's."""
         eos = ctx.blackbox.tokenizer.eos_token_id
-        rule = _at_strength(trained_rule(chosen["artifact"], eos), 1.0)
-        members = [(r, i) for r, i, c in trained
-                   if c is ctx and _at_strength(trained_rule(i["artifact"], eos), 1.0).signature() == rule.signature()]
-        weights = [trained_rule(i["artifact"], eos).alpha / len(members) for _, i in members]
-        summed = LogitSum([r for r, _ in members], weights)
+        rule = at_strength(trained_rule(chosen["artifact"], eos), 1.0)
+        own = [(r, i, trained_rule(i["artifact"], eos)) for r, i, c in trained if c is ctx]
+        members = [(r, i, m.alpha) for r, i, m in own if at_strength(m, 1.0).signature() == rule.signature()]
+        weights = [alpha / len(members) for _, _, alpha in members]
+        summed = LogitSum([r for r, _, _ in members], weights)
         probe = TrainConfig(output_dir="-", **{**ctx.train_overrides, **overrides, "seed": ctx.seed})
         scorer = held_out_scorers(probe, ctx.blackbox, ctx.template, ctx.choice_pool or ctx.validation,
                                   ctx.generation)["strength_selector"]
         held_out = scorer(summed, rule)
         info = {**chosen, "ensemble": {
-            "members": [i["artifact"] for _, i in members], "weights": weights, "held_out": held_out,
-            "members_held_out": [held_out_text_scores(i["artifact"]) for _, i in members]}}
-        return summed, info
-
-
-def _at_strength(rule: Any, alpha: float) -> Any:
-    """``rule`` (a product rule) at strength ``alpha``."""
-    out = copy.copy(rule)
-    out.alpha = float(alpha)
-    return out
+            "members": [i["artifact"] for _, i, _ in members], "weights": weights, "held_out": held_out,
+            "members_held_out": [held_out_text_scores(i["artifact"]) for _, i, _ in members]}}
+        return summed, info, rule
 
 
 class ProxyTuning(Method):
