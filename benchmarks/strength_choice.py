@@ -25,7 +25,7 @@ from logitplug.decode import GenerationConfig
 from logitplug.eval import metric_names
 from logitplug.reweighter import Reweighter, read_sidecar
 from logitplug.selection import text_metrics_scorer
-from logitplug.train import _at_strength, _shares_of_best, trained_rule
+from logitplug.train import at_strength, _shares_of_best, trained_rule
 
 
 def probe(cfg, cell_path: str, alphas: list[float], metrics: tuple[str, ...]) -> dict:
@@ -44,7 +44,7 @@ def probe(cfg, cell_path: str, alphas: list[float], metrics: tuple[str, ...]) ->
     model = Reweighter.from_pretrained(artifact, bb.fingerprint).eval()
     scores = {}
     for a in alphas:
-        scores[a] = score(model, _at_strength(rule, a))
+        scores[a] = score(model, at_strength(rule, a))
         print(cell["task"], a, {m: round(v, 3) for m, v in scores[a].items()}, flush=True)
     combined = _shares_of_best(scores)
     return {"cell": cell_path, "task": cell["task"], "method": cell["method"], "by_loss": by_loss,

@@ -23,7 +23,7 @@ from logitplug.data import draw_demonstrations, encode_prompt, get_template, gro
 from logitplug.data.tasks import load_task
 from logitplug.decode import Decoder, GenerationConfig
 from logitplug.recipes import get_recipe
-from logitplug.train import TrainConfig, _at_strength
+from logitplug.train import TrainConfig, at_strength
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     tcfg = TrainConfig(output_dir="-", **recipe.train)
     rule = tcfg.combination(bb.tokenizer.eos_token_id)
     strengths = list(tcfg.strength_candidates)
-    rules = [_at_strength(rule, a) for a in strengths]
+    rules = [at_strength(rule, a) for a in strengths]
     rw = Reweighter.build(ReweighterConfig(**{**recipe.reweighter, "zero_init_head": False}), bb.vocab_size, bb.tokenizer, seed=0)
     gen = GenerationConfig(max_new_tokens=64, repetition_penalty=1.1, batch_size=16, stop_strings=("\n\n",))
     decoder = Decoder(bb, rw, rule, gen)

@@ -203,12 +203,12 @@ def test_no_repeat_ngram_size_ends_loops(strategy):
 @pytest.mark.parametrize("penalty", [1.0, 1.3])
 def test_decoding_under_several_rules_at_once_matches_one_decode_per_rule(penalty):
     from logitplug.combine import SupportProductRule
-    from logitplug.train import _at_strength
+    from logitplug.train import at_strength
 
     bb, rw, ids = _setup()
     ids = ids + [ids[0][:3], ids[2] + ids[1]]  # uneven lengths: two batches of 3 and 2
     support = SupportProductRule(k=5)
-    rules = [_at_strength(support, a) for a in (0.0, 0.5, 1.0, 1.5)] + [ProductRule(), BlackBoxOnly()]
+    rules = [at_strength(support, a) for a in (0.0, 0.5, 1.0, 1.5)] + [ProductRule(), BlackBoxOnly()]
     cfg = GenerationConfig(max_new_tokens=12, repetition_penalty=penalty, batch_size=3)
     together = Decoder(bb, rw, support, cfg).generate_ids_many(ids, rules)
     apart = [Decoder(bb, rw, r, cfg).generate_ids(ids) for r in rules]
