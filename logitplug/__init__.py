@@ -9,11 +9,11 @@ from .combine import (
 from .data import Example, PromptTemplate, get_template
 from .decode import Decoder, GenerationConfig, PluginLogitsProcessor, generate
 from .reweighter import Reweighter, ReweighterConfig, TokenizerMismatchError
-from .train import TrainConfig, TrainingInterrupted, train
+from .train import LoadedPlugin, TrainConfig, TrainingInterrupted, load_plugin, train
 
 __all__ = [
-    "BlackBox", "BlackBoxOnly", "CombinationRule", "Decoder", "Example", "GenerationConfig", "LocalBlackBox",
+    "BlackBox", "BlackBoxOnly", "CombinationRule", "Decoder", "Example", "GenerationConfig", "LoadedPlugin", "LocalBlackBox",
     "MixtureRule", "OpenAIBlackBox", "PluginLogitsProcessor", "ProductRule", "PromptTemplate", "Reweighter",
     "ReweighterConfig", "ReweighterOnly", "SupportProductRule", "TokenizerMismatchError", "TopKBlackBox", "TrainConfig",
-    "TrainingInterrupted", "__version__", "generate", "get_rule", "get_template", "load_blackbox", "train",
+    "TrainingInterrupted", "__version__", "generate", "get_rule", "get_template", "load_blackbox", "load_plugin", "train",
 ]

@@ -133,14 +133,6 @@ def _held_out_generation(bb: Any, eval_rows: list, max_new_tokens: int = 0) -> A
     return GenerationConfig(max_new_tokens=max_new_tokens, repetition_penalty=1.1, stop_strings=("\n\n",))
 
 
-def _own_token_vectors(bb: Any) -> Any:
-    """A local black box's input embeddings: what a plugin trained on its token vectors reads when the
-    model folder it recorded has moved (the plugin checks they are the same table)."""
-    model = getattr(bb, "model", None) or getattr(getattr(bb, "inner", None), "model", None)  # @topK wraps one
-    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
-    return None if embeddings is None else embeddings.weight
-
-
 def _token_vectors_obstacle(blackbox: str, tokenizer: str | None, tcfg: Any, rcfg: Any) -> tuple[bool, str] | None:
     """Why a second reweighter on the black box's token vectors cannot be tried here, or None.
     (True, why): the user's own settings rule it out; (False, why): the black box's embeddings are
@@ -418,10 +410,10 @@ def generate(
 ) -> None:
     """Generate with a black box, adapted by a plugin when --plugin is given."""
     from .combine import get_rule
-    from .data import PromptTemplate, encode_prompt, get_template, group_by_input
+    from .data import encode_prompt, get_template, group_by_input
     from .decode import Decoder, GenerationConfig
-    from .reweighter import Reweighter, TokenizerMismatchError, read_sidecar
-    from .train import trained_rule
+    from .reweighter import TokenizerMismatchError
+    from .train import load_plugin
 
     try:
         gcfg = GenerationConfig(
@@ -429,19 +421,10 @@ def generate(
             num_beams=num_beams, repetition_penalty=repetition_penalty, repetition_scope=repetition_scope,  # type: ignore[arg-type]
             no_repeat_ngram_size=no_repeat_ngram_size, stop_strings=tuple(stop), batch_size=batch_size, seed=seed,
         )
-        from_plugin = rule is None and plugin is not None and (plugin / "logitplug.json").exists()
-        combination = None if from_plugin else get_rule(rule or "product")
+        combination = None if rule is None else get_rule(rule)
     except ValueError as e:
         _fail(str(e))
-    tmpl = None
-    if template is not None:
-        tmpl = get_template(template, chat=chat)
-    elif plugin is not None and (plugin / "logitplug.json").exists():
-        tmpl = PromptTemplate(**read_sidecar(plugin)["template"])
-    else:
-        tmpl = get_template(TASKS[task].template if task in TASKS else "plain", chat=chat)
-    if tmpl.demos and not stop:
-        gcfg.stop_strings = ("\n\n",)
+    tmpl = None if template is None else get_template(template, chat=chat)
     if (task is None) == (input_file is None):
         _fail("give either --input-file or --task")
     if task is not None:
@@ -452,22 +435,22 @@ def generate(
     else:
         rows = _examples(input_file, input_column, None)  # type: ignore[arg-type]
     bb = _load_bb(blackbox, endpoint_model, tokenizer)
-    try:
-        if combination is None:  # the rule the plugin was trained through (its EOS: this black box's)
-            combination = trained_rule(plugin, bb.tokenizer.eos_token_id)
-        if alpha is not None:
-            if not hasattr(combination, "alpha"):
-                _fail(f"--alpha applies to product rules, not to {combination.name!r}")
-            combination.alpha = float(alpha)
-    except ValueError as e:
-        _fail(str(e))
     rw = None
     if plugin is not None:
-        try:
-            rw = Reweighter.from_pretrained(plugin, bb.fingerprint, fallback_token_vectors=_own_token_vectors(bb))
-        except (FileNotFoundError, TokenizerMismatchError) as e:
+        try:  # the rule and prompt it was trained with (its EOS: this black box's)
+            loaded = load_plugin(plugin, bb)
+        except (FileNotFoundError, TokenizerMismatchError, ValueError) as e:
             _fail(str(e))
-    elif combination.needs_reweighter:
+        rw, combination, tmpl = loaded.reweighter, combination or loaded.rule, tmpl or loaded.template
+    if tmpl is None:
+        tmpl = get_template(TASKS[task].template if task in TASKS else "plain", chat=chat)
+    if tmpl.demos and not stop:
+        gcfg.stop_strings = ("\n\n",)
+    if alpha is not None and combination is not None:
+        if not hasattr(combination, "alpha"):
+            _fail(f"--alpha applies to product rules, not to {combination.name!r}")
+        combination.alpha = float(alpha)
+    if combination is None or (rw is None and combination.needs_reweighter):  # no plugin: the black box alone
         combination = get_rule("blackbox")
     decoder = Decoder(bb, rw, combination, gcfg)
     prompts = [encode_prompt(bb.tokenizer, tmpl, r.input) for r in rows]
@@ -636,22 +619,18 @@ def serve(
     """Serve a black box (or black box + plugin) as an OpenAI-compatible endpoint with log-probs."""
     import uvicorn
 
-    from .reweighter import Reweighter, TokenizerMismatchError
+    from .reweighter import TokenizerMismatchError
     from .serve import ServeConfig, create_app
-    from .train import trained_rule
+    from .train import load_plugin
 
     bb = _load_bb(blackbox)
     rw, rule, prefix = None, None, {}
     if plugin is not None:
         try:
-            rw = Reweighter.from_pretrained(plugin, bb.fingerprint, fallback_token_vectors=_own_token_vectors(bb))
-            rule = trained_rule(plugin, bb.tokenizer.eos_token_id)
+            loaded = load_plugin(plugin, bb)
         except (FileNotFoundError, TokenizerMismatchError, ValueError) as e:
             _fail(str(e))
-        from .data import PromptTemplate
-        from .reweighter import read_sidecar
-
-        trained_on = PromptTemplate(**read_sidecar(plugin)["template"])
+        rw, rule, trained_on = loaded.reweighter, loaded.rule, loaded.template
         if trained_on.demos and demonstrations:
             # the plugin only helps on prompts shaped like its training: the server puts the
             # demonstrations in, clients send the task prompt alone

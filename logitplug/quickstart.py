@@ -20,15 +20,15 @@ from ._io import stable_key
 from .blackbox import load_blackbox
 from .blackbox.registry import missing_token_vectors, token_vector_source
 from .combine import BlackBoxOnly
-from .data import TEMPLATES, Example, PromptTemplate, e2e_paper_splits, encode_prompt
+from .data import TEMPLATES, Example, e2e_paper_splits, encode_prompt
 from .decode import Decoder, GenerationConfig
 from .eval import evaluate, parse_mr, slot_error_rate
 from .recipes import DEFAULT_RECIPE, get_recipe
-from .reweighter import Reweighter, ReweighterConfig, read_sidecar
+from .reweighter import ReweighterConfig
 from .selection import fix_demonstrations, held_out_scorers
 from .train import (
     CHOICE_NAME, TrainConfig, blackbox_weight_conflict, plugin_candidates, plugin_finished, token_vector_conflict, train,
-    train_and_choose, trained_rule,
+    load_plugin, train_and_choose,
 )
 
 
@@ -101,8 +101,8 @@ def run_quickstart(
             result = train(bb, train_set, eval_set, prompted, tcfg, rcfg, **scorers)
         print(f"held-out loss per token: plugin {result.best_loss:.3f}, black box alone {result.blackbox_loss:.3f}")
     t_trained = time.perf_counter()
-    plugin = Reweighter.from_pretrained(plugin_dir, bb.fingerprint)
-    sidecar = read_sidecar(plugin_dir)
+    plugin = load_plugin(plugin_dir, bb)
+    sidecar = plugin.sidecar
     strength = {"strength": sidecar["train_config"].get("alpha"), **sidecar.get("strength_selection", {})}
     print(f"reweighting strength {strength['strength']:g}"
           + (f" (by held-out {strength['by']}; held-out loss chose {strength['by_loss']:g})" if "by" in strength else ""))
@@ -114,8 +114,7 @@ def run_quickstart(
     if prompted is not template:
         runs.append((f"{demo_info['demonstrations']}-shot", prompted, BlackBoxOnly(), None))
     # behind the prompt the kept reweighter trained under (the whole-vocabulary one trains without demonstrations)
-    plugin_prompt = PromptTemplate(**sidecar["template"])
-    runs.append(("plugin", plugin_prompt, trained_rule(plugin_dir, bb.tokenizer.eos_token_id), plugin))
+    runs.append(("plugin", plugin.template, plugin.rule, plugin.reweighter))
     outputs, scores = {}, {}
     for name, tmpl, rule, rw in runs:
         prompts = [encode_prompt(bb.tokenizer, tmpl, ex.input) for ex in test_set]
@@ -140,7 +139,7 @@ def run_quickstart(
         print(f"{name:10s} " + " ".join(f"{s[c]:8.2f}" for c in columns))
     report = {
         "blackbox": bb.fingerprint, "recipe": {"name": chosen.name, **chosen.settings()}, "demonstrations": demo_info,
-        "plugin_demonstrations": len(plugin_prompt.demos), "train_rows": len(train_set), "eval_rows": len(eval_set), "strength": strength,
+        "plugin_demonstrations": len(plugin.template.demos), "train_rows": len(train_set), "eval_rows": len(eval_set), "strength": strength,
         "test_inputs": len(test_set), "seed": seed, "scores": scores, "plugin_dir": str(plugin_dir),
         "reweighter_choice": json.loads((plugin_dir / CHOICE_NAME).read_text()) if (plugin_dir / CHOICE_NAME).exists() else None,
         "train_seconds": t_trained - t_start, "total_seconds": time.perf_counter() - t_start,

@@ -858,6 +858,35 @@ def trained_rule(plugin_dir: str | Path, eos_token_id: int | None = None):
     return TrainConfig(output_dir="-", **{k: v for k, v in saved.items() if k in known}).combination(eos_token_id)
 
 
+def own_token_vectors(blackbox: Any) -> torch.Tensor | None:
+    """A local black box's input embeddings: what a plugin trained on its token vectors reads when the
+    model folder it recorded has moved (the plugin checks they are the same table)."""
+    model = getattr(blackbox, "model", None) or getattr(getattr(blackbox, "inner", None), "model", None)  # @topK wraps one
+    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
+    return None if embeddings is None else embeddings.weight
+
+
+@dataclass
+class LoadedPlugin:
+    """A saved plugin ready to decode: what ``generate``, ``serve`` and the main job need from its folder."""
+
+    reweighter: Reweighter
+    rule: Any  # the combination rule it trained through, at its chosen strength
+    template: PromptTemplate  # the prompt it trained behind (demonstrations included)
+    sidecar: dict[str, Any]
+
+
+def load_plugin(plugin_dir: str | Path, blackbox: BlackBox) -> LoadedPlugin:
+    """Load a plugin folder for ``blackbox``: its reweighter (refused for another tokenizer), the rule and
+    prompt it trained with. Raises ``FileNotFoundError``, ``TokenizerMismatchError`` or ``ValueError``
+    with a message fit for the user."""
+    reweighter = Reweighter.from_pretrained(plugin_dir, blackbox.fingerprint,
+                                            fallback_token_vectors=own_token_vectors(blackbox))
+    sidecar = read_sidecar(plugin_dir)
+    return LoadedPlugin(reweighter, trained_rule(plugin_dir, blackbox.tokenizer.eos_token_id),
+                        PromptTemplate(**sidecar["template"]), sidecar)
+
+
 def token_vector_conflict(reweighter: dict[str, Any] | ReweighterConfig, strength_by: str) -> str | None:
     """Why these settings rule out also training a reweighter on the black box's own token vectors
     and keeping the better one, or None. The configured reweighter already picking its vectors (or

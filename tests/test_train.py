@@ -172,6 +172,25 @@ def test_support_k_trains_through_the_topk_rule_and_the_plugin_remembers_it(tmp_
         _config(tmp_path, support_k=8, rule="mixture")
 
 
+def test_load_plugin_gives_the_trained_rule_prompt_and_weights_and_refuses_another_tokenizer(tmp_path):
+    from logitplug.reweighter import TokenizerMismatchError
+    from logitplug.train import load_plugin
+
+    bb = tiny_blackbox()
+    prompted = replace(TEMPLATE, demos=((EXAMPLES[0].input, EXAMPLES[0].target),))
+    result = train(bb, EXAMPLES[1:], EXAMPLES[:4], prompted, _config(tmp_path, epochs=1, support_k=8, alpha=0.5), SMALL)
+    loaded = load_plugin(result.plugin_dir, bb)
+    assert loaded.rule.k == 8 and loaded.rule.alpha == 0.5
+    assert loaded.template == prompted  # the demonstrations it trained behind come back with it
+    ids = torch.tensor([[1, 2, 3]])
+    saved = Reweighter.from_pretrained(result.plugin_dir)
+    assert torch.equal(loaded.reweighter(ids, torch.ones_like(ids)), saved(ids, torch.ones_like(ids)))
+    with pytest.raises(TokenizerMismatchError):
+        load_plugin(result.plugin_dir, tiny_blackbox(vocab_size=300))
+    with pytest.raises(FileNotFoundError, match="not a logitplug plugin folder"):
+        load_plugin(tmp_path, bb)
+
+
 def test_a_plugin_trusting_the_black_box_less_trains_and_decodes_through_the_weighted_rule(tmp_path):
     from logitplug.blackbox import TopKBlackBox
     from logitplug.train import trained_rule
