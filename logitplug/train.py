@@ -28,7 +28,7 @@ from .cache import LogProbCache
 from .combine import SupportProductRule, get_rule
 from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, targets_of
 from .data.augment import SYLLABLES, augment_copied_names
-from .reweighter import Reweighter, ReweighterConfig, read_sidecar
+from .reweighter import LogitSum, Reweighter, ReweighterConfig, read_sidecar
 from .reweighter.model import SIDECAR_NAME, WEIGHTS_NAME, token_evidence
 from .selection import STRENGTH_OUTPUTS_NAME, choose_plugin, held_out_scorers
 
@@ -870,7 +870,7 @@ def own_token_vectors(blackbox: Any) -> torch.Tensor | None:
 class LoadedPlugin:
     """A saved plugin ready to decode: what ``generate``, ``serve`` and the main job need from its folder."""
 
-    reweighter: Reweighter
+    reweighter: Reweighter | LogitSum  # a LogitSum where the folder averages tied candidates (``ENSEMBLE_NAME``)
     rule: Any  # the combination rule it trained through, at its chosen strength
     template: PromptTemplate  # the prompt it trained behind (demonstrations included)
     sidecar: dict[str, Any]
@@ -880,11 +880,24 @@ def load_plugin(plugin_dir: str | Path, blackbox: BlackBox) -> LoadedPlugin:
     """Load a plugin folder for ``blackbox``: its reweighter (refused for another tokenizer), the rule and
     prompt it trained with. Raises ``FileNotFoundError``, ``TokenizerMismatchError`` or ``ValueError``
     with a message fit for the user."""
-    reweighter = Reweighter.from_pretrained(plugin_dir, blackbox.fingerprint,
-                                            fallback_token_vectors=own_token_vectors(blackbox))
+    vectors = own_token_vectors(blackbox)
+    reweighter: Reweighter | LogitSum = Reweighter.from_pretrained(plugin_dir, blackbox.fingerprint,
+                                                                   fallback_token_vectors=vectors)
     sidecar = read_sidecar(plugin_dir)
-    return LoadedPlugin(reweighter, trained_rule(plugin_dir, blackbox.tokenizer.eos_token_id),
-                        PromptTemplate(**sidecar["template"]), sidecar)
+    rule = trained_rule(plugin_dir, blackbox.tokenizer.eos_token_id)
+    averaged = Path(plugin_dir) / ENSEMBLE_NAME
+    if averaged.exists():  # tied candidates decoded as one, each weighted by its own strength
+        spec = json.loads(averaged.read_text())
+        members = []
+        for member in spec["members"]:
+            try:
+                members.append(Reweighter.from_pretrained(Path(plugin_dir) / member, blackbox.fingerprint,
+                                                          fallback_token_vectors=vectors))
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"{plugin_dir} averages the reweighters listed in {ENSEMBLE_NAME}; {e}. "
+                                        f"Keep its {CANDIDATES_DIR}/ folder beside it") from None
+        reweighter, rule = LogitSum(members, spec["weights"]), at_strength(rule, 1.0)
+    return LoadedPlugin(reweighter, rule, PromptTemplate(**sidecar["template"]), sidecar)
 
 
 def token_vector_conflict(reweighter: dict[str, Any] | ReweighterConfig, strength_by: str) -> str | None:
@@ -978,8 +991,26 @@ def plugin_candidates(reweighter: ReweighterConfig, token_vectors_from: str | No
     return out
 
 
+def tied_candidates(results: Mapping[str, TrainResult], mixes: Sequence[float], chosen: str, margin: float,
+                    configs: Mapping[str, tuple[TrainConfig, Candidate]], template: PromptTemplate,
+                    eos_token_id: int | None) -> list[str]:
+    """The candidates held-out text cannot tell from the best (mixes within ``margin`` of it) that could be
+    decoded together with ``chosen``: trained behind the same prompt, through the same rule short of the
+    strength. ``chosen`` first; one name alone means there is nothing to average."""
+    def shape(name: str) -> tuple[Any, str]:
+        own = configs[name][1].template
+        return (own if own is not None else template), at_strength(trained_rule(results[name].plugin_dir, eos_token_id), 1.0).signature()
+
+    best = max(mixes)
+    near = [n for n, m in zip(results, mixes) if m >= best - margin]
+    if chosen not in near:
+        return [chosen]
+    return [chosen] + [n for n in near if n != chosen and shape(n) == shape(chosen)]
+
+
 CANDIDATES_DIR = "candidates"
 CHOICE_NAME = "choice.json"
+ENSEMBLE_NAME = "ensemble.json"  # in a plugin folder: the tied candidates it decodes through together, and their weights
 
 
 def train_and_choose(
@@ -991,6 +1022,7 @@ def train_and_choose(
     candidates: Mapping[str, ReweighterConfig | Candidate],
     margin: float = 0.02,
     generation: Any = None,
+    average_ties: bool = False,
     **scorers: Any,
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Train one plugin per candidate (a reweighter, or a ``Candidate`` that also changes training
@@ -1004,7 +1036,13 @@ def train_and_choose(
     its own; a finished one is reused; recorded black-box log-probs are shared through the cache);
     the chosen one is copied into ``output_dir`` itself, so ``generate --plugin output_dir`` works,
     with ``choice.json`` saying what was compared. The first candidate is the default, kept unless
-    another beats its held-out mix by more than ``margin`` (``selection.choose_plugin``)."""
+    another beats its held-out mix by more than ``margin`` (``selection.choose_plugin``).
+
+    ``average_ties``: where several candidates trained behind the run's prompt through the same rule have
+    held-out mixes within ``margin`` of the best (held-out text cannot tell them apart), the folder decodes
+    through all of them at once (``ENSEMBLE_NAME``; ``load_plugin`` reads it): their logits summed, each
+    weighted by its chosen strength over their count. Over the four such ties measured (BENCHMARKS.md,
+    sessions 29-30) the sum gained on all four metrics' means, though not on every tie."""
     if config.strength_by == "loss":
         raise ValueError(token_vector_conflict({}, "loss"))
     if not candidates:
@@ -1060,6 +1098,14 @@ def train_and_choose(
         choice["support_coverage"] = round(coverage, 4)
     if skipped:
         choice["not_tried"] = skipped
+    if average_ties:
+        tied = tied_candidates(results, mixes, chosen, margin, configs, template, blackbox.tokenizer.eos_token_id)
+        if len(tied) > 1:
+            alphas = [getattr(trained_rule(results[n].plugin_dir), "alpha", 1.0) for n in tied]
+            weights = [a / len(tied) for a in alphas]
+            choice["averaged"] = {"members": tied, "weights": weights}
+            (out / ENSEMBLE_NAME).write_text(json.dumps(
+                {"members": [f"{CANDIDATES_DIR}/{n}" for n in tied], "weights": weights}, indent=2))
     (out / CHOICE_NAME).write_text(json.dumps(choice, indent=2))
     files = sorted((p for p in results[chosen].plugin_dir.iterdir() if p.is_file()), key=lambda p: p.name == SIDECAR_NAME)
     for item in files:  # the sidecar last: it marks a finished plugin folder; the weights linked, not copied

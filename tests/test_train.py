@@ -626,3 +626,46 @@ def test_a_candidate_tried_only_below_a_coverage_is_left_out_where_the_support_h
         assert (tmp_path / f"run-{tried}" / "candidates" / "w").exists() == tried
         if not tried:
             assert "top-4" in choice["not_tried"]["w"]
+
+
+def test_tied_candidates_are_averaged_into_one_plugin_folder_that_load_plugin_decodes(tmp_path):
+    """With ``average_ties``, candidates whose held-out mixes lie within the margin (1.0 here: every pair
+    ties) and share the run's prompt and rule are decoded together; a candidate behind another prompt is
+    left out, and without the option the folder holds the kept candidate alone."""
+    from logitplug.decode import GenerationConfig
+    from logitplug.reweighter import LogitSum
+    from logitplug.selection import held_out_scorers
+    from logitplug.train import ENSEMBLE_NAME, Candidate, load_plugin, train_and_choose
+
+    bb = tiny_blackbox()
+    cfg = _config(tmp_path, epochs=1, support_k=8, strength_by="BLEU", strength_candidates=(0.5, 1.0), select_inputs=2)
+    scorers = held_out_scorers(cfg, bb, TEMPLATE, EXAMPLES, GenerationConfig(max_new_tokens=3))
+    wider = replace(SMALL, hidden_size=32, intermediate_size=64)
+    other_prompt = Candidate(SMALL, {}, TEMPLATE.with_demonstrations(EXAMPLES[:1]), EXAMPLES[1:])
+    candidates = {"default": SMALL, "wider": wider, "prompted": other_prompt}
+    _, choice = train_and_choose(bb, EXAMPLES, EXAMPLES, TEMPLATE, cfg, candidates, margin=1.0,
+                                 generation=GenerationConfig(max_new_tokens=3), average_ties=True, **scorers)
+    assert choice["chosen"] == "default" and choice["averaged"]["members"] == ["default", "wider"]
+    alphas = [json.loads((tmp_path / "plugin" / "candidates" / n / "logitplug.json").read_text())["train_config"]["alpha"]
+              for n in ("default", "wider")]
+    assert choice["averaged"]["weights"] == [a / 2 for a in alphas]
+    loaded = load_plugin(tmp_path / "plugin", bb)
+    assert isinstance(loaded.reweighter, LogitSum) and loaded.reweighter.weights == [a / 2 for a in alphas]
+    assert loaded.rule.alpha == 1.0 and loaded.rule.k == 8  # the strengths live in the weights
+    ids = torch.tensor([[1, 2, 3]])
+    members = [Reweighter.from_pretrained(tmp_path / "plugin" / "candidates" / n) for n in ("default", "wider")]
+    by_hand = LogitSum(members, [a / 2 for a in alphas])(ids, torch.ones_like(ids))
+    assert torch.allclose(loaded.reweighter(ids, torch.ones_like(ids)), by_hand)
+    out = Decoder(bb, loaded.reweighter, loaded.rule, GenerationConfig(max_new_tokens=4)).generate_ids([ids[0].tolist()])
+    assert len(out[0].token_ids) > 0
+    # a folder without its candidates says what is missing
+    import shutil
+    shutil.rmtree(tmp_path / "plugin" / "candidates" / "wider")
+    with pytest.raises(FileNotFoundError, match=ENSEMBLE_NAME):
+        load_plugin(tmp_path / "plugin", bb)
+    # without the option: the kept candidate alone
+    _, alone = train_and_choose(bb, EXAMPLES, EXAMPLES, TEMPLATE, replace(cfg, output_dir=str(tmp_path / "one")),
+                                {"default": SMALL, "wider": wider}, margin=1.0,
+                                generation=GenerationConfig(max_new_tokens=3), **scorers)
+    assert "averaged" not in alone and not (tmp_path / "one" / ENSEMBLE_NAME).exists()
+    assert isinstance(load_plugin(tmp_path / "one", bb).reweighter, Reweighter)
