@@ -446,6 +446,18 @@ def test_a_plugin_with_alternatives_keeps_the_reweighter_whose_held_out_text_win
     assert ensemble["weights"] == pytest.approx([a / 3 for a in strengths])
     assert set(ensemble["held_out"]) == {"BLEU", "ROUGE-L"} and len(ensemble["members_held_out"]) == 3
     assert together["info"]["rule"].endswith("alpha:1")
+    # 'ties': only the candidates within the choice's margin of the best mix; one alone decodes as the kept plugin
+    raw["methods"] = [{**choose, "name": "ties", "ensemble": "ties"}]
+    run_bench(parse_config(raw), progress=False)
+    assert trainings == []
+    ties = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "ties" / "seed0.json").read_text())
+    tied = [cells[m]["info"]["artifact"] for m, mix in zip(("plain", "gated", "decayed"), mixes) if mix >= max(mixes) - 0.02]
+    if len(tied) > 1:
+        assert sorted(ties["info"]["ensemble"]["members"]) == sorted(tied)
+    else:
+        assert "ensemble" not in ties["info"] and ties["generations"] == cells["choose"]["generations"]
+    with pytest.raises(ValueError, match="'ensemble' is true.*or 'ties'"):
+        make_method({"name": "x", "method": "plugin", "ensemble": "sometimes"})
     with pytest.raises(ValueError, match="'ensemble'.*applies to plugin methods"):
         make_method({"name": "x", "method": "small", "ensemble": True})
 

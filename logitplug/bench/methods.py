@@ -295,18 +295,23 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         "selected": point, "artifact": str(folder), "grid_points": len(points)}
 
 
+PLUGIN_MARGIN = 0.02  # held-out mixes closer than this are a tie (selection.choose_plugin's default)
+
+
 class TrainedCombination(Method):
     """A reweighter trained through a combination rule and decoded through the same rule:
     the plugin (product), the paper's weighted mixture, or the small model alone."""
 
     def __init__(self, name: str, rule: str, mixture_weight: float = 0.5,
-                 alternatives: list[dict[str, Any]] | None = None, ensemble: bool = False, **kw: Any):
+                 alternatives: list[dict[str, Any]] | None = None, ensemble: bool | str = False, **kw: Any):
         super().__init__(name, **kw)
         self.rule = rule
         self.mixture_weight = mixture_weight
         # decode test through every trained candidate behind the method's own prompt and support at
-        # once (their strength-scaled logits averaged, ``LogitSum``) instead of the one held-out text keeps
-        self.ensemble = bool(ensemble)
+        # once (their strength-scaled logits averaged, ``LogitSum``) instead of the one held-out text keeps;
+        # "ties": only those whose held-out mixes lie within the choice's margin of the best (as
+        # ``train_and_choose(average_ties=True)``), else the kept one alone
+        self.ensemble: bool | str = "ties" if ensemble == "ties" else bool(ensemble)
         # other reweighters (reweighter settings over the method's, and a 'train' mapping over its training
         # settings) trained beside it; the one whose held-out text scores best decodes test
         # (selection.choose_plugin, as `train --try-token-vectors`)
@@ -386,14 +391,17 @@ class TrainedCombination(Method):
                     alt_ctx = with_demonstrations(plain, count)[0] if count else plain
                 trained.append((*train_reweighter(alt_ctx, {**overrides, **alt_train},
                                                   {**self.reweighter_overrides, **alt_reweighter}), alt_ctx))
-            index, mixes = choose_plugin([i["artifact"] for _, i, _ in trained])
+            index, mixes = choose_plugin([i["artifact"] for _, i, _ in trained], PLUGIN_MARGIN)
             reweighter, info, decoded_with = trained[index]
             info = {**info, "reweighter_choice": {"chosen": index, "held_out_mix": mixes,
                                                   "candidates": [{}, *alternatives]}}
             if not_tried:
                 info["reweighter_choice"]["not_tried"] = not_tried
-            if self.ensemble:
-                reweighter, info, rule = self._ensemble(decoded_with, overrides, trained, info)
+            members = trained
+            if self.ensemble == "ties":  # the same candidates train_and_choose(average_ties=True) averages
+                members = [t for t, mix in zip(trained, mixes) if mix >= max(mixes) - PLUGIN_MARGIN and t[2] is decoded_with]
+            if self.ensemble and len(members) > 1:
+                reweighter, info, rule = self._ensemble(decoded_with, overrides, members, info)
         elif skipped or not_tried:
             info = {**info, "reweighter_choice": "; ".join(r for r in (skipped, not_tried) if r)}
         if coverage is not None:
@@ -493,7 +501,7 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
     with its own settings (``chat: true``: prompts through the task template's chat twin;
     ``alternatives``: other reweighter settings, each with its own ``train`` settings if given, trained beside a
     plugin, the best on held-out text kept; ``ensemble: true``: test decoded through all of them at once,
-    ``LogitSum``). Plugin methods
+    ``LogitSum``; ``ensemble: ties``: through those within the choice's margin of the best). Plugin methods
     start from ``recipe`` (default: ``default_recipe``); the paper's baselines from the paper's."""
     if isinstance(spec, str):
         spec = {"name": spec}
@@ -547,7 +555,10 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
                 if not (isinstance(probe, TrainedCombination) and probe.rule == "product"):
                     raise ValueError(f"method {spec['name']!r}: 'ensemble' (decode through the trained candidates' "
                                      "averaged logits) applies to plugin methods")
-                kw["ensemble"] = True
+                if spec["ensemble"] not in (True, "ties"):
+                    raise ValueError(f"method {spec['name']!r}: 'ensemble' is true (every candidate behind the kept "
+                                     f"one's prompt) or 'ties' (those held-out text cannot tell apart); got {spec['ensemble']!r}")
+                kw["ensemble"] = spec["ensemble"]
             _check_keys(spec["name"], "generation", kw["generation"], GenerationConfig)
             _check_keys(spec["name"], "train", kw["train"], TrainConfig)
             _check_keys(spec["name"], "reweighter", kw["reweighter"], ReweighterConfig)
