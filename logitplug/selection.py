@@ -184,7 +184,20 @@ def _held_out_inputs(folder: str | Path) -> tuple[list, list] | None:
     return record.get("inputs"), record.get("references")
 
 
-def choose_plugin(folders: Sequence[str | Path], margin: float = 0.02) -> tuple[int, list[float]]:
+PLUGIN_MARGIN = 0.02  # held-out mixes closer than this are a tie: two trainings of one plugin differ by about 2%
+
+
+def ties_with_best(mixes: Sequence[float], margin: float = PLUGIN_MARGIN) -> list[int]:
+    """The plugins (indexes into ``mixes``, as ``choose_plugin`` returns them) held-out text cannot tell from
+    the best one: their mixes within ``margin`` of it.
+
+    >>> ties_with_best([0.968, 0.984, 0.90])
+    [0, 1]
+    """
+    return [i for i, mix in enumerate(mixes) if mix >= max(mixes) - margin]
+
+
+def choose_plugin(folders: Sequence[str | Path], margin: float = PLUGIN_MARGIN) -> tuple[int, list[float]]:
     """Which of several trained plugins writes the best held-out text: (index, each one's mix).
 
     Every folder must hold a strength choice by text (``strength_by`` a metric or a mix), made on

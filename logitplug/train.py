@@ -30,7 +30,7 @@ from .data import EncodedExample, Example, PromptTemplate, collate, encode_all, 
 from .data.augment import SYLLABLES, augment_copied_names
 from .reweighter import LogitSum, Reweighter, ReweighterConfig, read_sidecar
 from .reweighter.model import SIDECAR_NAME, WEIGHTS_NAME, token_evidence
-from .selection import STRENGTH_OUTPUTS_NAME, choose_plugin, held_out_scorers
+from .selection import PLUGIN_MARGIN, STRENGTH_OUTPUTS_NAME, choose_plugin, held_out_scorers, ties_with_best
 
 logger = logging.getLogger(__name__)
 
@@ -881,12 +881,9 @@ def load_plugin(plugin_dir: str | Path, blackbox: BlackBox) -> LoadedPlugin:
     prompt it trained with. Raises ``FileNotFoundError``, ``TokenizerMismatchError`` or ``ValueError``
     with a message fit for the user."""
     vectors = own_token_vectors(blackbox)
-    reweighter: Reweighter | LogitSum = Reweighter.from_pretrained(plugin_dir, blackbox.fingerprint,
-                                                                   fallback_token_vectors=vectors)
-    sidecar = read_sidecar(plugin_dir)
-    rule = trained_rule(plugin_dir, blackbox.tokenizer.eos_token_id)
     averaged = Path(plugin_dir) / ENSEMBLE_NAME
-    if averaged.exists():  # tied candidates decoded as one, each weighted by its own strength
+    reweighter: Reweighter | LogitSum
+    if averaged.exists():  # tied candidates decoded as one (the kept one among them), each weighted by its strength
         spec = json.loads(averaged.read_text())
         members = []
         for member in spec["members"]:
@@ -896,7 +893,12 @@ def load_plugin(plugin_dir: str | Path, blackbox: BlackBox) -> LoadedPlugin:
             except FileNotFoundError as e:
                 raise FileNotFoundError(f"{plugin_dir} averages the reweighters listed in {ENSEMBLE_NAME}; {e}. "
                                         f"Keep its {CANDIDATES_DIR}/ folder beside it") from None
-        reweighter, rule = LogitSum(members, spec["weights"]), at_strength(rule, 1.0)
+        reweighter = LogitSum(members, spec["weights"])
+        rule = at_strength(trained_rule(plugin_dir, blackbox.tokenizer.eos_token_id), 1.0)
+    else:
+        reweighter = Reweighter.from_pretrained(plugin_dir, blackbox.fingerprint, fallback_token_vectors=vectors)
+        rule = trained_rule(plugin_dir, blackbox.tokenizer.eos_token_id)
+    sidecar = read_sidecar(plugin_dir)
     return LoadedPlugin(reweighter, rule, PromptTemplate(**sidecar["template"]), sidecar)
 
 
@@ -993,19 +995,22 @@ def plugin_candidates(reweighter: ReweighterConfig, token_vectors_from: str | No
 
 def tied_candidates(results: Mapping[str, TrainResult], mixes: Sequence[float], chosen: str, margin: float,
                     configs: Mapping[str, tuple[TrainConfig, Candidate]], template: PromptTemplate,
-                    eos_token_id: int | None) -> list[str]:
-    """The candidates held-out text cannot tell from the best (mixes within ``margin`` of it) that could be
+                    eos_token_id: int | None) -> dict[str, Any]:
+    """The candidates held-out text cannot tell from the best (``selection.ties_with_best``) that could be
     decoded together with ``chosen``: trained behind the same prompt, through the same rule short of the
-    strength. ``chosen`` first; one name alone means there is nothing to average."""
+    strength; each name with the rule it trained through, ``chosen`` first. One alone: nothing to average."""
+    names = list(results)
+    rules = {n: trained_rule(results[n].plugin_dir, eos_token_id) for n in names}
+
     def shape(name: str) -> tuple[Any, str]:
         own = configs[name][1].template
-        return (own if own is not None else template), at_strength(trained_rule(results[name].plugin_dir, eos_token_id), 1.0).signature()
+        return (own if own is not None else template), at_strength(rules[name], 1.0).signature()
 
-    best = max(mixes)
-    near = [n for n, m in zip(results, mixes) if m >= best - margin]
+    near = [names[i] for i in ties_with_best(mixes, margin)]
     if chosen not in near:
-        return [chosen]
-    return [chosen] + [n for n in near if n != chosen and shape(n) == shape(chosen)]
+        return {chosen: rules[chosen]}
+    mine = shape(chosen)
+    return {chosen: rules[chosen], **{n: rules[n] for n in near if n != chosen and shape(n) == mine}}
 
 
 CANDIDATES_DIR = "candidates"
@@ -1020,7 +1025,7 @@ def train_and_choose(
     template: PromptTemplate,
     config: TrainConfig,
     candidates: Mapping[str, ReweighterConfig | Candidate],
-    margin: float = 0.02,
+    margin: float = PLUGIN_MARGIN,
     generation: Any = None,
     average_ties: bool = False,
     **scorers: Any,
@@ -1101,9 +1106,8 @@ def train_and_choose(
     if average_ties:
         tied = tied_candidates(results, mixes, chosen, margin, configs, template, blackbox.tokenizer.eos_token_id)
         if len(tied) > 1:
-            alphas = [getattr(trained_rule(results[n].plugin_dir), "alpha", 1.0) for n in tied]
-            weights = [a / len(tied) for a in alphas]
-            choice["averaged"] = {"members": tied, "weights": weights}
+            weights = [getattr(rule, "alpha", 1.0) / len(tied) for rule in tied.values()]
+            choice["averaged"] = {"members": list(tied), "weights": weights}
             (out / ENSEMBLE_NAME).write_text(json.dumps(
                 {"members": [f"{CANDIDATES_DIR}/{n}" for n in tied], "weights": weights}, indent=2))
     (out / CHOICE_NAME).write_text(json.dumps(choice, indent=2))

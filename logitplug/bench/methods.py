@@ -29,7 +29,10 @@ from ..decode import Decoder, GenerationConfig
 from ..finetune import DONE_NAME, LoraTrainConfig, finetune_lora
 from ..recipes import DEFAULT_RECIPE, Recipe, get_recipe
 from ..reweighter import WEIGHTS_NAME, LogitDifference, LogitSum, Reweighter, ReweighterConfig, read_sidecar
-from ..selection import choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers, held_out_text_scores
+from ..selection import (
+    PLUGIN_MARGIN, choose_plugin, demonstration_counts, fix_demonstrations, held_out_scorers, held_out_text_scores,
+    ties_with_best,
+)
 from ..train import (
     TrainConfig, at_strength, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, coverage_gate, plugin_finished, support_coverage,
     token_vector_conflict, train, trained_rule,
@@ -295,9 +298,6 @@ def train_reweighter(ctx: CellContext, train_overrides: dict[str, Any], reweight
         "selected": point, "artifact": str(folder), "grid_points": len(points)}
 
 
-PLUGIN_MARGIN = 0.02  # held-out mixes closer than this are a tie (selection.choose_plugin's default)
-
-
 class TrainedCombination(Method):
     """A reweighter trained through a combination rule and decoded through the same rule:
     the plugin (product), the paper's weighted mixture, or the small model alone."""
@@ -399,7 +399,7 @@ class TrainedCombination(Method):
                 info["reweighter_choice"]["not_tried"] = not_tried
             members = trained
             if self.ensemble == "ties":  # the same candidates train_and_choose(average_ties=True) averages
-                members = [t for t, mix in zip(trained, mixes) if mix >= max(mixes) - PLUGIN_MARGIN and t[2] is decoded_with]
+                members = [trained[i] for i in ties_with_best(mixes, PLUGIN_MARGIN) if trained[i][2] is decoded_with]
             if self.ensemble and len(members) > 1:
                 reweighter, info, rule = self._ensemble(decoded_with, overrides, members, info)
         elif skipped or not_tried:
