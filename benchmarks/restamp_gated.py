@@ -62,12 +62,14 @@ def method_before(config: str, method_name: str, **recipe_change) -> tuple[objec
 
 
 def finished_cells(cfg, method, task: str):
-    """Each (black box, seed, path, record) of ``method``'s finished cells on ``task``, whatever their key."""
+    """Each (black box, seed, path, record) of ``method``'s finished cells on ``task``, whatever their key
+    (in a training-size sweep, one per size)."""
     for bb_name in cfg.blackboxes:
         for seed in cfg.seeds:
             path = cell_path(cfg, task, bb_name, method.name, seed)
-            if path.exists():
-                yield bb_name, seed, path, json.loads(path.read_text())
+            for found in [path] + sorted(path.parent.glob(f"{path.stem}-n*.json")):
+                if found.exists():
+                    yield bb_name, seed, found, json.loads(found.read_text())
 
 
 def untried_why(cell: dict) -> str | None:

@@ -90,9 +90,11 @@ def run_quickstart(
             (template, all_rows), chosen.try_blackbox_weight_below, chosen.blackbox_weight_train)
         if len(candidates) > 1:
             result, choice = train_and_choose(bb, train_set, eval_set, prompted, tcfg, candidates, generation=gcfg,
-                                              **scorers)
+                                              average_ties=chosen.average_ties, **scorers)
             print(f"kept the {choice['chosen']} reweighter (held-out text mix: "
                   + ", ".join(f"{n} {m:.3f}" for n, m in choice["held_out_mix"].items()) + ")")
+            if "averaged" in choice:
+                print(f"held-out text ties {' and '.join(choice['averaged']['members'])}: decoding through them together")
             for name, why in choice.get("not_tried", {}).items():
                 print(f"{name} not tried: {why}")
         else:

@@ -456,7 +456,7 @@ def test_a_plugin_with_alternatives_keeps_the_reweighter_whose_held_out_text_win
         assert sorted(ties["info"]["ensemble"]["members"]) == sorted(tied)
     else:
         assert "ensemble" not in ties["info"] and ties["generations"] == cells["choose"]["generations"]
-    with pytest.raises(ValueError, match="'ensemble' is true.*or 'ties'"):
+    with pytest.raises(ValueError, match="'ensemble' is true.*'ties'.*or false"):
         make_method({"name": "x", "method": "plugin", "ensemble": "sometimes"})
     with pytest.raises(ValueError, match="'ensemble'.*applies to plugin methods"):
         make_method({"name": "x", "method": "small", "ensemble": True})
@@ -534,6 +534,16 @@ def test_a_recipe_that_tries_token_vectors_makes_its_plugin_cells_choose(tiny_di
         variant = make_method({"name": "v", "method": "plugin", "recipe": "tries", **spec})
         assert not variant.tries_token_vectors and "try_token_vectors" not in variant.recipe_settings()
     assert "try_token_vectors" not in RECIPES["paper"].settings()  # recipes without it keep their keys
+    # a recipe that averages ties makes its choosing plugins decode tied candidates together, unless the
+    # variant says otherwise; where nothing is compared there is nothing to average and the key stays
+    monkeypatch.setitem(RECIPES, "ties", Recipe("ties", "test", train=by_text, try_token_vectors=True, average_ties=True))
+    tying = make_method({"name": "p", "method": "plugin", "recipe": "ties"})
+    assert tying.ensemble == "ties" and tying.recipe_settings()["average_ties"] is True
+    for spec, ensemble in (({"ensemble": False}, False), ({"ensemble": True}, True), ({"alternatives": []}, "ties")):
+        variant = make_method({"name": "v", "method": "plugin", "recipe": "ties", **spec})
+        assert variant.ensemble == ensemble and "average_ties" not in variant.recipe_settings()
+    assert make_method({"name": "m", "method": "mixture-0.5"}).ensemble is False
+    assert "average_ties" not in RECIPES["paper"].settings() and RECIPES["logitplug"].average_ties
 
     vectors = {"name": "v", "method": "plugin", "recipe": "tries", "reweighter": {"token_vectors_from": str(tiny_dir)}}
     raw = _raw(tiny_dir, tmp_path / "out", seeds=[0], methods=[vectors],

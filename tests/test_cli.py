@@ -329,6 +329,40 @@ def test_try_blackbox_weight_adds_a_whole_vocabulary_candidate_or_fails_before_t
         assert not (tmp_path / "bad").exists()
 
 
+def test_a_recipe_that_averages_ties_writes_a_plugin_that_decodes_its_tied_candidates_together(
+        tmp_path, bb_dir, data, monkeypatch):
+    import importlib
+
+    from logitplug.recipes import RECIPES, Recipe
+
+    by_text = {"strength_by": "BLEU+ROUGE-L", "strength_candidates": (0.0, 1.0), "select_inputs": 2}
+    monkeypatch.setitem(RECIPES, "ties", Recipe("ties", "test", train=by_text, try_token_vectors=True,
+                                                average_ties=True))
+    # held-out text that cannot tell the two candidates apart (tiny random models may or may not tie)
+    train_module = importlib.import_module("logitplug.train")  # the module, not the function logitplug re-exports
+    monkeypatch.setattr(train_module, "choose_plugin", lambda folders, margin: (0, [0.5] * len(folders)))
+    args = ["train", "--train-file", str(data), "--blackbox", str(bb_dir), "--input-column", "mr",
+            "--target-column", "ref", "--epochs", "1", "--hidden", "32", "--heads", "2", "--ffn", "64",
+            "--cache-dir", str(tmp_path / "cache"), "--recipe", "ties"]
+    res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "tied")])
+    assert res.exit_code == 0, res.output
+    assert "default and token-vectors" in res.output and "together" in res.output
+    ensemble = json.loads((tmp_path / "tied" / "ensemble.json").read_text())
+    assert ensemble["members"] == ["candidates/default", "candidates/token-vectors"]
+    gen = ["generate", "--input-file", str(data), "--input-column", "mr", "--blackbox", str(bb_dir),
+           "--plugin", str(tmp_path / "tied"), "--max-new-tokens", "3"]
+    res = runner.invoke(app, gen + ["--output", str(tmp_path / "tied.jsonl")])
+    assert res.exit_code == 0, res.output
+    # told not to, the same candidates (reused, not retrained) leave the kept one alone
+    res = runner.invoke(app, args + ["--output-dir", str(tmp_path / "kept"), "--no-average-ties"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "kept" / "logitplug.json").exists() and not (tmp_path / "kept" / "ensemble.json").exists()
+    res = runner.invoke(app, gen[:-4] + ["--plugin", str(tmp_path / "kept"), "--max-new-tokens", "3",
+                                         "--output", str(tmp_path / "kept.jsonl")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "tied.jsonl").read_text() != (tmp_path / "kept.jsonl").read_text()
+
+
 def test_a_recipe_that_tries_token_vectors_chooses_unless_told_not_to_or_it_cannot(tmp_path, bb_dir, data, monkeypatch):
     from logitplug.cli import _token_vectors_obstacle
     from logitplug.recipes import RECIPES, Recipe

@@ -303,14 +303,18 @@ class TrainedCombination(Method):
     the plugin (product), the paper's weighted mixture, or the small model alone."""
 
     def __init__(self, name: str, rule: str, mixture_weight: float = 0.5,
-                 alternatives: list[dict[str, Any]] | None = None, ensemble: bool | str = False, **kw: Any):
+                 alternatives: list[dict[str, Any]] | None = None, ensemble: bool | str | None = None, **kw: Any):
         super().__init__(name, **kw)
         self.rule = rule
         self.mixture_weight = mixture_weight
         # decode test through every trained candidate behind the method's own prompt and support at
         # once (their strength-scaled logits averaged, ``LogitSum``) instead of the one held-out text keeps;
         # "ties": only those whose held-out mixes lie within the choice's margin of the best (as
-        # ``train_and_choose(average_ties=True)``), else the kept one alone
+        # ``train_and_choose(average_ties=True)``), else the kept one alone; None: as the recipe says
+        self.ties_from_recipe = bool(ensemble is None and rule == "product" and self.recipe is not None
+                                     and self.recipe.average_ties)
+        if ensemble is None:
+            ensemble = "ties" if self.ties_from_recipe else False
         self.ensemble: bool | str = "ties" if ensemble == "ties" else bool(ensemble)
         # other reweighters (reweighter settings over the method's, and a 'train' mapping over its training
         # settings) trained beside it; the one whose held-out text scores best decodes test
@@ -335,6 +339,9 @@ class TrainedCombination(Method):
             settings.pop("try_blackbox_weight", None)
             settings.pop("try_blackbox_weight_below", None)
             settings.pop("blackbox_weight_train", None)
+        if settings is not None and not (self.ties_from_recipe and (
+                self.alternatives or self.tries_token_vectors or self.tried_blackbox_weight)):
+            settings.pop("average_ties", None)  # the variant says itself, or there is nothing to average
         return settings
 
     def support_coverage(self, ctx: CellContext) -> tuple[float, int]:
@@ -501,7 +508,8 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
     with its own settings (``chat: true``: prompts through the task template's chat twin;
     ``alternatives``: other reweighter settings, each with its own ``train`` settings if given, trained beside a
     plugin, the best on held-out text kept; ``ensemble: true``: test decoded through all of them at once,
-    ``LogitSum``; ``ensemble: ties``: through those within the choice's margin of the best). Plugin methods
+    ``LogitSum``; ``ensemble: ties``: through those within the choice's margin of the best, as the default
+    recipe does; ``ensemble: false``: through the kept one alone). Plugin methods
     start from ``recipe`` (default: ``default_recipe``); the paper's baselines from the paper's."""
     if isinstance(spec, str):
         spec = {"name": spec}
@@ -551,13 +559,14 @@ def make_method(spec: str | dict[str, Any], default_recipe: str = DEFAULT_RECIPE
                     _check_keys(spec["name"], "alternatives", alt_reweighter, ReweighterConfig)
                     _check_keys(spec["name"], "alternatives' train", alt_train, TrainConfig)
                 kw["alternatives"] = alternatives
-            if spec.get("ensemble"):
+            if spec.get("ensemble") is not None:  # false: the kept candidate alone, whatever the recipe says
                 if not (isinstance(probe, TrainedCombination) and probe.rule == "product"):
                     raise ValueError(f"method {spec['name']!r}: 'ensemble' (decode through the trained candidates' "
                                      "averaged logits) applies to plugin methods")
-                if spec["ensemble"] not in (True, "ties"):
+                if spec["ensemble"] not in (True, False, "ties"):
                     raise ValueError(f"method {spec['name']!r}: 'ensemble' is true (every candidate behind the kept "
-                                     f"one's prompt) or 'ties' (those held-out text cannot tell apart); got {spec['ensemble']!r}")
+                                     f"one's prompt), 'ties' (those held-out text cannot tell apart) or false (the kept "
+                                     f"one alone); got {spec['ensemble']!r}")
                 kw["ensemble"] = spec["ensemble"]
             _check_keys(spec["name"], "generation", kw["generation"], GenerationConfig)
             _check_keys(spec["name"], "train", kw["train"], TrainConfig)
