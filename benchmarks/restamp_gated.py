@@ -91,6 +91,27 @@ def stamp(path: Path, cell: dict, new_key: str, record: dict, dry_run: bool) -> 
         atomic_write_json(path, cell, indent=2, default=str)
 
 
+def carry_over(cfg, method, task: str, new_key: str, old_key: str, why_unchanged, script: str, left_alone: str,
+               dry_run: bool) -> None:
+    """Restamp each of ``method``'s finished cells on ``task`` made under ``old_key`` that ``why_unchanged(cell)``
+    says the change leaves as they are (None: it does not; ``left_alone`` says why), one JSON line per cell."""
+    for _, _, path, cell in finished_cells(cfg, method, task):
+        line = {"cell": str(path)}
+        if cell.get("settings_key") == new_key:
+            line["result"] = "current already"
+        elif cell.get("settings_key") != old_key:
+            line["result"] = "left alone: made with other settings than the change's absence"
+        elif (why := why_unchanged(cell)) is None:
+            line["result"] = f"left alone: {left_alone}"
+        else:
+            line["result"] = "restamped"
+            record = {"from_settings_key": old_key, "script": script, "why": why}
+            if "restamped" in cell:  # an earlier carry-over stays on record
+                record["before"] = cell["restamped"]
+            stamp(path, cell, new_key, record, dry_run)
+        print(json.dumps(line), flush=True)
+
+
 def main() -> None:
     args = restamp_arguments(__doc__)
 

@@ -21,7 +21,6 @@ python benchmarks/restamp_untied.py benchmarks/scoreboard.yaml [--tasks e2e,webn
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import yaml
@@ -29,7 +28,7 @@ import yaml
 from logitplug.bench import parse_config
 from logitplug.bench.runner import settings_key
 from logitplug.selection import PLUGIN_MARGIN, ties_with_best
-from restamp_gated import finished_cells, method_before, stamp
+from restamp_gated import carry_over, method_before
 
 OWN_RULE = ("support_k", "blackbox_weight")  # an alternative's training settings that change its rule
 
@@ -72,22 +71,9 @@ def main() -> None:
     for method in methods:
         old_cfg, old_method = method_before(args.config, method.name, average_ties=False)  # before the change
         for task in args.tasks.split(",") if args.tasks else cfg.tasks:
-            new_key, old_key = settings_key(cfg, method, task), settings_key(old_cfg, old_method, task)
-            for _, _, path, cell in finished_cells(cfg, method, task):
-                line = {"cell": str(path)}
-                if cell.get("settings_key") == new_key:
-                    line["result"] = "current already"
-                elif cell.get("settings_key") != old_key:
-                    line["result"] = "left alone: made with other settings than the change's absence"
-                elif (why := tie_why(cell)) is None:
-                    line["result"] = "left alone: a candidate ties with the kept one (the bench reruns it)"
-                else:
-                    line["result"] = "restamped"
-                    record = {"from_settings_key": old_key, "script": "benchmarks/restamp_untied.py", "why": why}
-                    if "restamped" in cell:  # an earlier carry-over stays on record
-                        record["before"] = cell["restamped"]
-                    stamp(path, cell, new_key, record, args.dry_run)
-                print(json.dumps(line), flush=True)
+            carry_over(cfg, method, task, settings_key(cfg, method, task), settings_key(old_cfg, old_method, task),
+                       tie_why, "benchmarks/restamp_untied.py",
+                       "a candidate ties with the kept one (the bench reruns it)", args.dry_run)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,13 @@ python benchmarks/restamp_untried.py benchmarks/scoreboard.yaml --tasks e2e,webn
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import yaml
 
 from logitplug.bench import parse_config
 from logitplug.bench.runner import settings_key
-from restamp_gated import finished_cells, method_before, restamp_arguments, stamp, untried_why
+from restamp_gated import carry_over, method_before, restamp_arguments, untried_why
 
 
 def main() -> None:
@@ -37,23 +36,9 @@ def main() -> None:
         raise SystemExit(f"{args.method}: its recipe sets no training of its own for a whole-vocabulary candidate")
     old_cfg, old_method = method_before(args.config, args.method, blackbox_weight_train={})  # before the change
     for task in args.tasks.split(","):
-        new_key, old_key = settings_key(cfg, method, task), settings_key(old_cfg, old_method, task)
-        for _, _, path, cell in finished_cells(cfg, method, task):
-            why = untried_why(cell)
-            line = {"cell": str(path)}
-            if cell.get("settings_key") == new_key:
-                line["result"] = "current already"
-            elif cell.get("settings_key") != old_key:
-                line["result"] = "left alone: made with other settings than the change's absence"
-            elif why is None:
-                line["result"] = "left alone: the whole-vocabulary candidate was tried (its training changed)"
-            else:
-                line["result"] = "restamped"
-                record = {"from_settings_key": old_key, "script": "benchmarks/restamp_untried.py", "why": why}
-                if "restamped" in cell:  # an earlier carry-over stays on record
-                    record["before"] = cell["restamped"]
-                stamp(path, cell, new_key, record, args.dry_run)
-            print(json.dumps(line), flush=True)
+        carry_over(cfg, method, task, settings_key(cfg, method, task), settings_key(old_cfg, old_method, task),
+                   untried_why, "benchmarks/restamp_untried.py",
+                   "the whole-vocabulary candidate was tried (its training changed)", args.dry_run)
 
 
 if __name__ == "__main__":
