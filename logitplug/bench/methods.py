@@ -408,12 +408,14 @@ class TrainedCombination(Method):
             if self.ensemble == "ties":  # the same candidates train_and_choose(average_ties=True) averages
                 members = [trained[i] for i in ties_with_best(mixes, PLUGIN_MARGIN) if trained[i][2] is decoded_with]
             if self.ensemble and len(members) > 1:
+                t_sum = time.perf_counter()  # its held-out decoding is not training: a reused model's cell stays visible
                 reweighter, info, rule = self._ensemble(decoded_with, overrides, members, info)
+                seconds["ensemble"] = time.perf_counter() - t_sum
         elif skipped or not_tried:
             info = {**info, "reweighter_choice": "; ".join(r for r in (skipped, not_tried) if r)}
         if coverage is not None:
             info = {**info, "support_coverage": round(coverage, 4)}
-        seconds["train"] = time.perf_counter() - t1
+        seconds["train"] = time.perf_counter() - t1 - seconds.get("ensemble", 0.0)
         if rule is None:  # decode through the rule it was trained through
             rule = trained_rule(info["artifact"], ctx.blackbox.tokenizer.eos_token_id)
         info["rule"] = rule.signature()
