@@ -239,8 +239,8 @@ def train(
         help="where two or more of the plugins trained (--try-token-vectors) behind the same prompt and rule write "
              "held-out text within 0.02 of the best (held-out text cannot tell them apart), decode through all of "
              "them at once, their logits averaged at their strengths (OUTPUT_DIR/ensemble.json; generate reads it). On "
-             "by default with the default recipe: over the four such ties measured it raised the test means of all "
-             "four metrics (BENCHMARKS.md)"),
+             "by default with the default recipe: over the four such ties on the benchmark boards it raised the test "
+             "means of all four metrics (BENCHMARKS.md)"),
     held_out_tokens: int = typer.Option(
         0, help="longest held-out answer, in tokens, when held-out text is decoded (demonstration count, strength, "
                 "reweighter choices); 0: a quarter more than the longest held-out target, so long targets are not cut "

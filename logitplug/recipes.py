@@ -121,7 +121,8 @@ RECIPES: dict[str, Recipe] = {
         # average_ties: four task-seeds had two candidates within 0.02 on held-out text (WebNLG seeds 0 and 2,
         # Gemma E2E seeds 0 and 2); decoding through both at once changed their test means by +1.63 BLEU,
         # +0.93 METEOR, +1.20 ROUGE-L, +0.11 CIDEr (one loss, two gains, one trade), and under it WebNLG and
-        # Gemma E2E lead ICL-3 on every mean (BENCHMARKS.md, session 30; benchmarks/results/ensemble-choice*.md)
+        # Gemma E2E lead ICL-3 on every mean (BENCHMARKS.md, session 30; benchmarks/results/ensemble-choice*.md);
+        # the main job's E2E run, a fifth tie (0.989 vs 0.984), traded −1.26 BLEU for +1.23 METEOR (session 31)
         average_ties=True,
         # max_length: room for three demonstrations in long-output tasks (Adidas: ~610 tokens)
         # support_eos: Adidas's descriptions could not end through the rest bucket (BENCHMARKS.md)
