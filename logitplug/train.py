@@ -389,6 +389,12 @@ def at_strength(rule, alpha: float):
     return scaled
 
 
+def same_rule_but_strength(rule_a, rule_b) -> bool:
+    """Whether two trained rules differ at most in their strength: candidates that may be summed
+    (``LogitSum``) and decoded through one rule at strength 1."""
+    return at_strength(rule_a, 1.0).signature() == at_strength(rule_b, 1.0).signature()
+
+
 def _nll_and_hits(rule, bb, rw, targets, objective="mle") -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss over the N positions: negative log-likelihood of ``targets`` (N,) under the
     combined distribution, or (distill) cross-entropy from the black box's distribution; and how
@@ -1002,15 +1008,15 @@ def tied_candidates(results: Mapping[str, TrainResult], mixes: Sequence[float], 
     names = list(results)
     rules = {n: trained_rule(results[n].plugin_dir, eos_token_id) for n in names}
 
-    def shape(name: str) -> tuple[Any, str]:
+    def prompt(name: str) -> PromptTemplate:
         own = configs[name][1].template
-        return (own if own is not None else template), at_strength(rules[name], 1.0).signature()
+        return own if own is not None else template
 
     near = [names[i] for i in ties_with_best(mixes, margin)]
     if chosen not in near:
         return {chosen: rules[chosen]}
-    mine = shape(chosen)
-    return {chosen: rules[chosen], **{n: rules[n] for n in near if n != chosen and shape(n) == mine}}
+    return {chosen: rules[chosen], **{n: rules[n] for n in near if n != chosen and prompt(n) == prompt(chosen)
+                                      and same_rule_but_strength(rules[n], rules[chosen])}}
 
 
 CANDIDATES_DIR = "candidates"

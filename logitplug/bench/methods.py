@@ -34,8 +34,8 @@ from ..selection import (
     ties_with_best,
 )
 from ..train import (
-    TrainConfig, at_strength, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, coverage_gate, plugin_finished, support_coverage,
-    token_vector_conflict, train, trained_rule,
+    TrainConfig, at_strength, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, coverage_gate,
+    plugin_finished, same_rule_but_strength, support_coverage, token_vector_conflict, train, trained_rule,
 )
 
 
@@ -438,7 +438,7 @@ class TrainedCombination(Method):
         eos = ctx.blackbox.tokenizer.eos_token_id
         rule = at_strength(trained_rule(chosen["artifact"], eos), 1.0)
         own = [(r, i, trained_rule(i["artifact"], eos)) for r, i, c in trained if c is ctx]
-        members = [(r, i, m.alpha) for r, i, m in own if at_strength(m, 1.0).signature() == rule.signature()]
+        members = [(r, i, m.alpha) for r, i, m in own if same_rule_but_strength(m, rule)]
         weights = [alpha / len(members) for _, _, alpha in members]
         summed = LogitSum([r for r, _, _ in members], weights)
         probe = TrainConfig(output_dir="-", **{**ctx.train_overrides, **overrides, "seed": ctx.seed})
