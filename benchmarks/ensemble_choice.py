@@ -9,6 +9,9 @@ plugin's test text, the sum's, and what a choice would keep that takes the sum o
 mix (each metric over the best of members and sum, averaged, as ``selection.choose_plugin``) beats the
 kept member's by more than ``--margin``.
 
+The kept candidate's test text is the `--kept` variant's cell (`plugin-kept`: the recipe with `ensemble: false`)
+or, where that seed has none, the `plugin` cell when it decoded the kept candidate alone (no tie to average).
+
     python benchmarks/ensemble_choice.py benchmarks/scoreboard.yaml
 """
 
@@ -45,7 +48,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", type=Path)
     ap.add_argument("--ensemble", default="plugin-ensemble")
-    ap.add_argument("--plugin", default="plugin")
+    ap.add_argument("--kept", default="plugin-kept", help="the variant that decodes the kept candidate alone")
+    ap.add_argument("--plugin", default="plugin", help="where --kept has no cell: the default's, if it averaged nothing")
     ap.add_argument("--against", default="icl-3")
     ap.add_argument("--margin", type=float, default=0.02)
     ap.add_argument("--out", default="ensemble-choice")
@@ -57,29 +61,32 @@ def main() -> None:
     for task in cfg.tasks:
         for bb in map(blackbox_label, cfg.blackboxes):
             ens = finished_cells(cfg, task, bb, by_name[args.ensemble])
-            plug = finished_cells(cfg, task, bb, by_name[args.plugin])
+            plug = {s: c for s, c in finished_cells(cfg, task, bb, by_name[args.plugin]).items()
+                    if "ensemble" not in c["info"]}  # the kept candidate alone
+            if args.kept in by_name:
+                plug.update(finished_cells(cfg, task, bb, by_name[args.kept]))
             other = finished_cells(cfg, task, bb, by_name[args.against]) if args.against in by_name else {}
             seeds = sorted(s for s in ens if s in plug)
             if not seeds:
                 continue
             lines += [f"## {task} · {bb}", "",
-                      f"| seed | members | held-out mix: kept / sum | test: {args.plugin} | test: sum | test: chosen "
+                      f"| seed | members | held-out mix: kept / sum | test: kept | test: sum | test: chosen "
                       f"(margin {args.margin:g}) | test: {args.against} |", "|---|---|---|---|---|---|---|"]
-            rows: dict[str, list[dict[str, float]]] = {args.plugin: [], "sum": [], "chosen": [], args.against: []}
+            rows: dict[str, list[dict[str, float]]] = {"kept": [], "sum": [], "chosen": [], args.against: []}
             for seed in seeds:
                 info = ens[seed]["info"]["ensemble"]
                 kept = ens[seed]["info"]["artifact"]
                 at = info["members"].index(kept)
                 mix = mixes([*info["members_held_out"], info["held_out"]])
                 take_sum = len(info["members"]) > 1 and mix[-1] > mix[at] + args.margin
-                test = {args.plugin: plug[seed]["scores"], "sum": ens[seed]["scores"]}
-                test["chosen"] = test["sum"] if take_sum else test[args.plugin]
+                test = {"kept": plug[seed]["scores"], "sum": ens[seed]["scores"]}
+                test["chosen"] = test["sum"] if take_sum else test["kept"]
                 against = other.get(seed) or other.get(None)
                 if against:
                     test[args.against] = against["scores"]
                 for name, scores in test.items():
                     rows[name].append(scores)
-                lines.append(f"| {seed} | {len(info['members'])} | {mix[at]:.3f} / {mix[-1]:.3f} | {fmt(test[args.plugin])} | "
+                lines.append(f"| {seed} | {len(info['members'])} | {mix[at]:.3f} / {mix[-1]:.3f} | {fmt(test['kept'])} | "
                              f"{fmt(test['sum'])} | {'sum' if take_sum else 'kept'}: {fmt(test['chosen'])} | "
                              f"{fmt(test[args.against]) if args.against in test else '-'} |")
                 data.append({"task": task, "blackbox": bb, "seed": seed, "members": info["members"],
