@@ -404,13 +404,14 @@ class TrainedCombination(Method):
                                                   "candidates": [{}, *alternatives]}}
             if not_tried:
                 info["reweighter_choice"]["not_tried"] = not_tried
-            members = trained
-            if self.ensemble == "ties":  # the same candidates train_and_choose(average_ties=True) averages
-                members = [trained[i] for i in ties_with_best(mixes, PLUGIN_MARGIN) if trained[i][2] is decoded_with]
-            if self.ensemble and len(members) > 1:
+            if self.ensemble:
+                # "ties": the same candidates train_and_choose(average_ties=True) averages
+                near = trained if self.ensemble is True else [trained[i] for i in ties_with_best(mixes, PLUGIN_MARGIN)]
                 t_sum = time.perf_counter()  # its held-out decoding is not training: a reused model's cell stays visible
-                reweighter, info, rule = self._ensemble(decoded_with, overrides, members, info)
-                seconds["ensemble"] = time.perf_counter() - t_sum
+                summed = self._ensemble(decoded_with, overrides, near, info)
+                if summed is not None:
+                    reweighter, info, rule = summed
+                    seconds["ensemble"] = time.perf_counter() - t_sum
         elif skipped or not_tried:
             info = {**info, "reweighter_choice": "; ".join(r for r in (skipped, not_tried) if r)}
         if coverage is not None:
@@ -430,15 +431,18 @@ class TrainedCombination(Method):
         return MethodOutput(outputs, info)
 
     def _ensemble(self, ctx: CellContext, overrides: dict[str, Any], trained: list, chosen: dict[str, Any],
-                  ) -> tuple[LogitSum, dict[str, Any], Any]:
-        """The kept candidate and every other trained behind its prompt (``ctx``) through its rule (short
+                  ) -> tuple[LogitSum, dict[str, Any], Any] | None:
+        """The kept candidate and every other of ``trained`` behind its prompt (``ctx``) through its rule (short
         of the strength) as one ``LogitSum``, each weighted by its strength over their count, and the rule
         to decode it through (the kept one's at strength 1); the sum's held-out scores (the strength
-        choice's inputs and metrics) recorded beside each member's."""
+        choice's inputs and metrics) recorded beside each member's. None where the kept one has no such
+        companion (nothing to average, as ``train.tied_candidates``)."""
         eos = ctx.blackbox.tokenizer.eos_token_id
         rule = at_strength(trained_rule(chosen["artifact"], eos), 1.0)
         own = [(r, i, trained_rule(i["artifact"], eos)) for r, i, c in trained if c is ctx]
         members = [(r, i, m.alpha) for r, i, m in own if same_rule_but_strength(m, rule)]
+        if len(members) < 2:
+            return None
         weights = [alpha / len(members) for _, _, alpha in members]
         summed = LogitSum([r for r, _, _ in members], weights)
         probe = TrainConfig(output_dir="-", **{**ctx.train_overrides, **overrides, "seed": ctx.seed})
