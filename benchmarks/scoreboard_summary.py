@@ -3,9 +3,10 @@ against each black-box-only alternative and the paper's mixture, seed by seed (a
 against the same seed's demonstrations; zero-shot has no seed), and its gap to the LoRA-fine-tuned
 black box as a percentage of LoRA's score. Reads the finished cells of a bench config (cells made
 with other settings than the config's now are left out) and writes
-benchmarks/results/scoreboard-summary.{json,md}.
+benchmarks/results/scoreboard-summary.{json,md} (after the config's file name: one summary per config).
 
     python benchmarks/scoreboard_summary.py benchmarks/scoreboard.yaml
+    python benchmarks/scoreboard_summary.py benchmarks/e2e-gemma3.yaml
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def main() -> None:
              "the plugin is ahead. A cell against an alternative reads `wins/compared` (seeds where the plugin "
              "is better; for SER lower is better) and, in brackets, the mean difference plugin − alternative "
              "over the compared seeds; the plugin's own row and the ceiling's are means over their seeds.")
-    save("scoreboard-summary", data, intro, "\n".join(lines))
+    save(f"{args.config.stem}-summary", data, intro, "\n".join(lines))
 
 
 if __name__ == "__main__":

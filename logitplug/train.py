@@ -395,6 +395,12 @@ def same_rule_but_strength(rule_a, rule_b) -> bool:
     return at_strength(rule_a, 1.0).signature() == at_strength(rule_b, 1.0).signature()
 
 
+def summed_strengths(alphas: list[float]) -> list[float]:
+    """Each member's weight in a ``LogitSum`` of plugins that tie: its strength over their count, so
+    the sum pushes as hard as one plugin at their mean strength, not n times as hard."""
+    return [alpha / len(alphas) for alpha in alphas]
+
+
 def _nll_and_hits(rule, bb, rw, targets, objective="mle") -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss over the N positions: negative log-likelihood of ``targets`` (N,) under the
     combined distribution, or (distill) cross-entropy from the black box's distribution; and how
@@ -1112,7 +1118,7 @@ def train_and_choose(
     if average_ties:
         tied = tied_candidates(results, mixes, chosen, margin, configs, template, blackbox.tokenizer.eos_token_id)
         if len(tied) > 1:
-            weights = [getattr(rule, "alpha", 1.0) / len(tied) for rule in tied.values()]
+            weights = summed_strengths([getattr(rule, "alpha", 1.0) for rule in tied.values()])
             choice["averaged"] = {"members": list(tied), "weights": weights}
             (out / ENSEMBLE_NAME).write_text(json.dumps(
                 {"members": [f"{CANDIDATES_DIR}/{n}" for n in tied], "weights": weights}, indent=2))

@@ -35,7 +35,8 @@ from ..selection import (
 )
 from ..train import (
     TrainConfig, at_strength, blackbox_weight_conflict, blackbox_weight_settings, choose_strength, coverage_gate,
-    plugin_finished, same_rule_but_strength, support_coverage, token_vector_conflict, train, trained_rule,
+    plugin_finished, same_rule_but_strength, summed_strengths, support_coverage, token_vector_conflict, train,
+    trained_rule,
 )
 
 
@@ -443,7 +444,7 @@ class TrainedCombination(Method):
         members = [(r, i, m.alpha) for r, i, m in own if same_rule_but_strength(m, rule)]
         if len(members) < 2:
             return None
-        weights = [alpha / len(members) for _, _, alpha in members]
+        weights = summed_strengths([alpha for _, _, alpha in members])
         summed = LogitSum([r for r, _, _ in members], weights)
         probe = TrainConfig(output_dir="-", **{**ctx.train_overrides, **overrides, "seed": ctx.seed})
         scorer = held_out_scorers(probe, ctx.blackbox, ctx.template, ctx.choice_pool or ctx.validation,
