@@ -134,12 +134,16 @@ def _curves(cfg: "BenchConfig", task: str, bb: str, sub: list[dict[str, Any]], m
     for ax, m in zip(axes[0], metrics):
         flat_seen = 0
         for name in methods:
-            pts = sorted((r["train_rows"], r["scores"][m]["mean"], r["scores"][m]["std"]) for r in sub
-                         if r["method"] == name and r["sweep_size"] is not None)
+            pts = sorted((r["train_rows"], r["scores"][m]["mean"], r["scores"][m]["std"], bool(r["stale"]))
+                         for r in sub if r["method"] == name and r["sweep_size"] is not None)
             flat = [r for r in sub if r["method"] == name and r["sweep_size"] is None]
             if pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
-                            capsize=3, label=name)
+                line = ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                                   capsize=3, label=name)
+                old = [p for p in pts if p[3]]
+                if old:  # a point made with other settings than the config's now: hollow, as the table flags it
+                    ax.plot([p[0] for p in old], [p[1] for p in old], "o", markerfacecolor="white",
+                            color=line[0].get_color(), zorder=3)  # errorbar draws its line at 2.1
             elif flat:
                 style, color = flat_styles[flat_seen % len(flat_styles)]
                 flat_seen += 1
@@ -152,7 +156,8 @@ def _curves(cfg: "BenchConfig", task: str, bb: str, sub: list[dict[str, Any]], m
         ax.set_xlabel("training rows", fontsize=8)
         ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""), fontsize=9)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{task} · {bb}: metric vs training-set size", fontsize=10)
+    stale = " (hollow: made with other settings than the config's now)" if any(r["stale"] for r in sub) else ""
+    fig.suptitle(f"{task} · {bb}: metric vs training-set size{stale}", fontsize=10)
     fig.tight_layout()
     path = cfg.output_dir / f"curve-{task}-{bb}.png"
     fig.savefig(path, dpi=110)
