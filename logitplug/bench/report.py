@@ -130,6 +130,7 @@ def _curves(cfg: "BenchConfig", task: str, bb: str, sub: list[dict[str, Any]], m
     horizontal lines."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.6), squeeze=False)
     methods = list(dict.fromkeys(r["method"] for r in sub))
+    drew_hollow = False
     flat_styles = [("--", "gray"), (":", "black"), ("-.", "tab:purple"), ((0, (5, 1)), "tab:brown")]
     for ax, m in zip(axes[0], metrics):
         flat_seen = 0
@@ -144,6 +145,7 @@ def _curves(cfg: "BenchConfig", task: str, bb: str, sub: list[dict[str, Any]], m
                 if old:  # a point made with other settings than the config's now: hollow, as the table flags it
                     ax.plot([p[0] for p in old], [p[1] for p in old], "o", markerfacecolor="white",
                             color=line[0].get_color(), zorder=3)  # errorbar draws its line at 2.1
+                    drew_hollow = True
             elif flat:
                 style, color = flat_styles[flat_seen % len(flat_styles)]
                 flat_seen += 1
@@ -156,7 +158,7 @@ def _curves(cfg: "BenchConfig", task: str, bb: str, sub: list[dict[str, Any]], m
         ax.set_xlabel("training rows", fontsize=8)
         ax.set_title(m + (" (lower is better)" if m in LOWER_IS_BETTER else ""), fontsize=9)
     axes[0][0].legend(fontsize=7)
-    stale = " (hollow: made with other settings than the config's now)" if any(r["stale"] for r in sub) else ""
+    stale = " (hollow: made with other settings than the config's now)" if drew_hollow else ""
     fig.suptitle(f"{task} · {bb}: metric vs training-set size{stale}", fontsize=10)
     fig.tight_layout()
     path = cfg.output_dir / f"curve-{task}-{bb}.png"
