@@ -109,7 +109,7 @@ def main() -> None:
              "Issue 4's methods on every task, from the finished cells of the configs below (each cell: same "
              "training rows, validation-only choices, same test inputs and decoding). `—` in the seeds "
              "column: an unseeded method (zero-shot). Per-seed comparisons of the plugin: "
-             "`benchmarks/results/scoreboard-summary.md`.")
+             "`benchmarks/results/CONFIG-summary.md` (one per config, e.g. `scoreboard-summary.md`).")
     save("standing", data, intro, "\n".join(lines))
     if args.into:
         text = args.into.read_text(encoding="utf-8")

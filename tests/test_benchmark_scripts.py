@@ -82,7 +82,10 @@ def test_standing_refuses_a_file_without_markers_before_any_work(board, tmp_path
 def test_scoreboard_summary_pairs_seeds_and_states_the_gap_to_the_ceiling(board, tmp_path):
     done = _run(tmp_path, "scoreboard_summary.py", board)
     assert done.returncode == 0, done.stderr
-    [row] = json.loads((tmp_path / "benchmarks/results/scoreboard-summary.json").read_text())
+    # named after the config (board.yaml), so summarising a second config never overwrites the first's
+    assert not (tmp_path / "benchmarks/results/scoreboard-summary.json").exists()
+    [row] = json.loads((tmp_path / "benchmarks/results/board-summary.json").read_text())
+    assert (tmp_path / "benchmarks/results/board-summary.md").exists()
     assert row["plugin_seeds"] == [0, 1]  # the stale seed 2 is not compared
     # icl-3's seed 2 has no plugin partner; each plugin seed meets its own seed's demonstrations
     assert row["against"]["icl-3"]["BLEU"] == {"wins": 2, "compared": 2, "mean_difference": 7.0}
