@@ -206,6 +206,30 @@ def test_a_training_size_sweep_gives_cells_per_size_a_table_column_and_curves(ti
         parse_config(_raw(tiny_dir, tmp_path / "x", data={"train_rows": [0, 5]}))
 
 
+def _curve_rows(stale_sizes: set[int], stale_flat: bool = False) -> list[dict]:
+    rows = [{"method": "plugin", "train_rows": n, "sweep_size": n, "stale": int(n in stale_sizes),
+             "scores": {"BLEU": {"mean": float(n) / 10, "std": 0.0}}} for n in (100, 300)]
+    return rows + [{"method": "zero-shot", "train_rows": 0, "sweep_size": None, "stale": int(stale_flat),
+                    "scores": {"BLEU": {"mean": 5.0, "std": 0.0}}}]
+
+
+@pytest.mark.parametrize("stale_sizes, stale_flat, hollow", [({300}, False, [300]), (set(), True, []), (set(), False, [])])
+def test_curves_draw_stale_points_hollow_and_say_so_only_where_drawn(tmp_path, monkeypatch, stale_sizes, stale_flat, hollow):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from logitplug.bench import report
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to read back what was drawn
+    path = report._curves(SimpleNamespace(output_dir=tmp_path), "e2e", "bb", _curve_rows(stale_sizes, stale_flat), ["BLEU"], plt)
+    assert path.exists()
+    [fig] = figures
+    drawn_hollow = [int(x) for line in fig.axes[0].lines if line.get_markerfacecolor() == "white" for x in line.get_xdata()]
+    assert drawn_hollow == hollow
+    assert ("hollow" in fig._suptitle.get_text()) == bool(hollow)  # a stale flat line is never drawn hollow
+
+
 def test_sweep_sizes_beyond_the_split_run_once():
     assert distinct_sizes([100, 300, 1000, 3000], 723) == [100, 300, 1000]
     assert distinct_sizes([100, 300, 1000, 3000], 2517) == [100, 300, 1000, 3000]
