@@ -227,7 +227,7 @@ def test_curves_draw_stale_points_hollow_and_say_so_only_where_drawn(tmp_path, m
     [fig] = figures
     drawn_hollow = [int(x) for line in fig.axes[0].lines if line.get_markerfacecolor() == "white" for x in line.get_xdata()]
     assert drawn_hollow == hollow
-    assert ("hollow" in fig._suptitle.get_text()) == bool(hollow)  # a stale flat line is never drawn hollow
+    assert ("hollow" in fig.get_suptitle()) == bool(hollow)  # a stale flat line is never drawn hollow
 
 
 def test_sweep_sizes_beyond_the_split_run_once():
