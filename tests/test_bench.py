@@ -536,6 +536,42 @@ def test_validation_by_input_keeps_every_reference_and_task_generation_overrides
     assert settings_key(other_lora, lora, "e2e") != settings_key(plain, lora, "e2e")
 
 
+def test_task_lora_overrides_one_tasks_lora_cells_only(tiny_dir, tmp_path, monkeypatch):
+    from logitplug.bench.methods import LoraFineTune, MethodOutput
+
+    tasks = ["commongen", "e2e"]
+    plain = parse_config(_raw(tiny_dir, tmp_path / "out", tasks=tasks, methods=["small", "lora"], seeds=[0]))
+    longer = parse_config(_raw(tiny_dir, tmp_path / "out", tasks=tasks, methods=["small", "lora"], seeds=[0],
+                               task_lora={"commongen": {"epochs": 4, "patience": 2}}))
+    assert longer.lora_for("commongen") == {"epochs": 4, "batch_size": 4, "rank": 2, "patience": 2}
+    assert longer.lora_for("e2e") == plain.lora_for("e2e") == {"epochs": 1, "batch_size": 4, "rank": 2}
+    small, lora = longer.methods
+    assert settings_key(longer, lora, "commongen") != settings_key(plain, lora, "commongen")
+    assert settings_key(longer, lora, "e2e") == settings_key(plain, lora, "e2e")
+    assert settings_key(longer, small, "commongen") == settings_key(plain, small, "commongen")
+    # the cell trains with the task's settings
+    seen = {}
+
+    def record(self, ctx):
+        seen[ctx.task] = dict(ctx.lora_overrides)
+        return MethodOutput(["x"] * len(build_test_prompts(ctx)))
+
+    monkeypatch.setattr(LoraFineTune, "run", record)
+    longer.methods = [lora]
+    run_bench(longer, progress=False)
+    assert seen == {"commongen": longer.lora_for("commongen"), "e2e": longer.lora_for("e2e")}
+
+
+@pytest.mark.parametrize("task_lora, message", [
+    ({"adidas": {"epochs": 4}}, "not in 'tasks'"),
+    ({"commongen": {"epoch": 4}}, r"unknown task_lora.commongen setting"),
+    ({"commongen": {"epochs": 0}}, "task_lora.commongen: LoraTrainConfig.epochs must be >= 1"),
+])
+def test_bad_task_lora_is_refused(tiny_dir, tmp_path, task_lora, message):
+    with pytest.raises(BenchConfigError, match=message):
+        parse_config(_raw(tiny_dir, tmp_path / "out", task_lora=task_lora))
+
+
 def test_the_table_marks_cells_made_with_other_settings(tiny_dir, tmp_path):
     raw = _raw(tiny_dir, tmp_path / "out", methods=["zero-shot"], seeds=[0])
     table = run_bench(parse_config(raw), progress=False)

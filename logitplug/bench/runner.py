@@ -32,7 +32,7 @@ from .methods import CellContext, Method, make_method
 from .report import write_report
 
 CONFIG_KEYS = {"name", "output_dir", "tasks", "blackboxes", "methods", "seeds", "data", "generation", "train",
-               "reweighter", "lora", "grid", "templates", "metrics", "recipe", "task_generation"}
+               "reweighter", "lora", "grid", "templates", "metrics", "recipe", "task_generation", "task_lora"}
 DATA_KEYS = {"data_dir", "train_rows", "validation_rows", "validation_inputs", "test_inputs", "split_seed"}
 
 
@@ -55,6 +55,8 @@ class BenchConfig:
     train: dict[str, Any] = field(default_factory=dict)
     reweighter: dict[str, Any] = field(default_factory=dict)
     lora: dict[str, Any] = field(default_factory=dict)
+    # per-task overrides of ``lora`` (the white-box ceiling on one task may need more epochs)
+    task_lora: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     templates: dict[str, str] = field(default_factory=dict)
     metrics: list[str] = field(default_factory=lambda: ["BLEU", "NIST", "METEOR", "ROUGE-L", "CIDEr"])
@@ -75,6 +77,10 @@ class BenchConfig:
         """The decoding settings of ``task``: the shared ones with the task's overrides on top."""
         return {**self.generation, **self.task_generation.get(task or "", {})}
 
+    def lora_for(self, task: str | None) -> dict[str, Any]:
+        """The LoRA settings of ``task``: the shared ones with the task's overrides on top."""
+        return {**self.lora, **self.task_lora.get(task or "", {})}
+
     def sizes(self) -> list[int | None]:
         rows = self.data.get("train_rows")
         return list(rows) if isinstance(rows, list) else [rows]
@@ -91,6 +97,20 @@ def _check_section(name: str, values: Any, cls: type, where: str) -> dict[str, A
     unknown = sorted(set(values or {}) - known)
     _need(not unknown, f"{where}: unknown {name} setting(s) {unknown}; known: {sorted(known)}")
     return dict(values or {})
+
+
+def _per_task(name: str, raw: dict[str, Any], shared: dict[str, Any], cls: type, where: str) -> dict[str, dict[str, Any]]:
+    """A ``task_X`` section: per-task overrides of the shared section, each checked on top of it."""
+    _need(isinstance(raw.get(name) or {}, dict), f"{where}: '{name}' must map task names to settings")
+    out = {}
+    for task, values in (raw.get(name) or {}).items():
+        _need(task in raw["tasks"], f"{where}: {name} given for task {task!r}, which is not in 'tasks'")
+        out[task] = _check_section(f"{name}.{task}", values, cls, where)
+        try:
+            cls(**{**shared, **out[task]})
+        except (TypeError, ValueError) as e:
+            raise BenchConfigError(f"{where}: {name}.{task}: {e}") from None
+    return out
 
 
 def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
@@ -131,15 +151,7 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
         GenerationConfig(**generation)
     except (TypeError, ValueError) as e:
         raise BenchConfigError(f"{where}: generation: {e}") from None
-    task_generation = {}
-    _need(isinstance(raw.get("task_generation") or {}, dict), f"{where}: 'task_generation' must map task names to settings")
-    for task, values in (raw.get("task_generation") or {}).items():
-        _need(task in raw["tasks"], f"{where}: task_generation given for task {task!r}, which is not in 'tasks'")
-        task_generation[task] = _check_section(f"task_generation.{task}", values, GenerationConfig, where)
-        try:
-            GenerationConfig(**{**generation, **task_generation[task]})
-        except (TypeError, ValueError) as e:
-            raise BenchConfigError(f"{where}: task_generation.{task}: {e}") from None
+    task_generation = _per_task("task_generation", raw, generation, GenerationConfig, where)
     for key in ("validation_rows", "validation_inputs", "test_inputs"):
         _need(data.get(key) is None or (isinstance(data[key], int) and data[key] > 0),
               f"{where}: data.{key} must be a positive integer or null")
@@ -148,6 +160,11 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
     train = _check_section("train", raw.get("train"), TrainConfig, where)
     reweighter = _check_section("reweighter", raw.get("reweighter"), ReweighterConfig, where)
     lora = _check_section("lora", raw.get("lora"), LoraTrainConfig, where)
+    try:
+        LoraTrainConfig(**lora)
+    except (TypeError, ValueError) as e:
+        raise BenchConfigError(f"{where}: lora: {e}") from None
+    task_lora = _per_task("task_lora", raw, lora, LoraTrainConfig, where)
     grid = dict(raw.get("grid") or {})
     _check_section("grid", grid, TrainConfig, where)
     _need(all(isinstance(v, list) and v for v in grid.values()), f"{where}: every grid entry must be a non-empty list")
@@ -171,7 +188,8 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
     return BenchConfig(
         name=str(raw.get("name", out.name)), output_dir=out, tasks=list(raw["tasks"]),
         blackboxes=[str(b) for b in raw["blackboxes"]], methods=methods, seeds=seeds, data=data,
-        generation=generation, task_generation=task_generation, train=train, reweighter=reweighter, lora=lora, grid=grid, templates=templates,
+        generation=generation, task_generation=task_generation, train=train, reweighter=reweighter, lora=lora,
+        task_lora=task_lora, grid=grid, templates=templates,
         metrics=list(metrics), source=raw,
     )
 
@@ -222,7 +240,7 @@ def settings_key(cfg: BenchConfig, method: Method, task: str | None = None) -> s
     from .methods import LoraFineTune
 
     # the lora section concerns LoRA cells only: adding it to a config leaves the others' results standing
-    lora = cfg.lora if isinstance(method, LoraFineTune) else {}
+    lora = cfg.lora_for(task) if isinstance(method, LoraFineTune) else {}
     parts = [spec, cfg.data, cfg.generation_for(task), cfg.train, cfg.reweighter, lora, cfg.grid, cfg.templates, cfg.metrics]
     if task is not None and TASKS[task].splits_version != 1:  # the first version adds nothing: older cells stay current
         parts.append({"splits_version": TASKS[task].splits_version})
@@ -407,7 +425,7 @@ def run_bench(cfg: BenchConfig, progress: bool = True, only_report: bool = False
             blackbox=bb, task=task, train=data.train, validation=data.validation, test=data.test, template=template,
             seed=cfg.seeds[0] if seed is None else seed, generation=GenerationConfig(**cfg.generation_for(task)),
             models_dir=cfg.output_dir / "models" / task / blackbox_label(bb_name), train_overrides=cfg.train,
-            reweighter_overrides=cfg.reweighter, lora_overrides=cfg.lora, grid=cfg.grid, progress=progress,
+            reweighter_overrides=cfg.reweighter, lora_overrides=cfg.lora_for(task), grid=cfg.grid, progress=progress,
             demo_pool=demo_pool(cfg, task, task_data), choice_pool=data.choice_pool, blackbox_name=bb_name,
         )
         t0 = time.perf_counter()
