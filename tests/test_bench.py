@@ -56,6 +56,7 @@ def _raw(tiny_dir, out, **kw):
     ({"colour": "blue"}, r"unknown key\(s\) \['colour'\]"),
     ({"task_generation": {"e2e": {"max_new_tokens": 9}}}, "not in 'tasks'"),
     ({"task_generation": {"commongen": {"max_new_tokens": 0}}}, "task_generation.commongen"),
+    ({"lora": {"rank": 0}}, "lora: LoraTrainConfig.rank must be >= 1"),
     ({"data": {"validation_rows": 6, "validation_inputs": 3}}, "not both"),
     ({"methods": [{"name": "x", "method": "small", "alternatives": [{"gate": True}]}]}, "applies to plugin methods"),
     ({"methods": [{"name": "x", "method": "plugin", "alternatives": [{"gates": True}]}]}, r"unknown alternatives setting"),
