@@ -99,6 +99,14 @@ def _check_section(name: str, values: Any, cls: type, where: str) -> dict[str, A
     return dict(values or {})
 
 
+def _check_values(name: str, values: dict[str, Any], cls: type, where: str) -> None:
+    """Refuse settings ``cls`` itself rejects (e.g. a rank of 0), naming the section."""
+    try:
+        cls(**values)
+    except (TypeError, ValueError) as e:
+        raise BenchConfigError(f"{where}: {name}: {e}") from None
+
+
 def _per_task(name: str, raw: dict[str, Any], shared: dict[str, Any], cls: type, where: str) -> dict[str, dict[str, Any]]:
     """A ``task_X`` section: per-task overrides of the shared section, each checked on top of it."""
     _need(isinstance(raw.get(name) or {}, dict), f"{where}: '{name}' must map task names to settings")
@@ -106,10 +114,7 @@ def _per_task(name: str, raw: dict[str, Any], shared: dict[str, Any], cls: type,
     for task, values in (raw.get(name) or {}).items():
         _need(task in raw["tasks"], f"{where}: {name} given for task {task!r}, which is not in 'tasks'")
         out[task] = _check_section(f"{name}.{task}", values, cls, where)
-        try:
-            cls(**{**shared, **out[task]})
-        except (TypeError, ValueError) as e:
-            raise BenchConfigError(f"{where}: {name}.{task}: {e}") from None
+        _check_values(f"{name}.{task}", {**shared, **out[task]}, cls, where)
     return out
 
 
@@ -147,10 +152,7 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
           or (isinstance(rows, list) and rows and all(isinstance(n, int) and n > 0 for n in rows)),
           f"{where}: data.train_rows must be a positive integer, a list of them (a training-size sweep), or null")
     generation = _check_section("generation", raw.get("generation"), GenerationConfig, where)
-    try:
-        GenerationConfig(**generation)
-    except (TypeError, ValueError) as e:
-        raise BenchConfigError(f"{where}: generation: {e}") from None
+    _check_values("generation", generation, GenerationConfig, where)
     task_generation = _per_task("task_generation", raw, generation, GenerationConfig, where)
     for key in ("validation_rows", "validation_inputs", "test_inputs"):
         _need(data.get(key) is None or (isinstance(data[key], int) and data[key] > 0),
@@ -160,10 +162,7 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BenchConfig:
     train = _check_section("train", raw.get("train"), TrainConfig, where)
     reweighter = _check_section("reweighter", raw.get("reweighter"), ReweighterConfig, where)
     lora = _check_section("lora", raw.get("lora"), LoraTrainConfig, where)
-    try:
-        LoraTrainConfig(**lora)
-    except (TypeError, ValueError) as e:
-        raise BenchConfigError(f"{where}: lora: {e}") from None
+    _check_values("lora", lora, LoraTrainConfig, where)
     task_lora = _per_task("task_lora", raw, lora, LoraTrainConfig, where)
     grid = dict(raw.get("grid") or {})
     _check_section("grid", grid, TrainConfig, where)
