@@ -59,6 +59,8 @@ def test_recipes_set_defaults_and_explicit_options_win(tmp_path, bb_dir, data):
     assert default["template"]["demos"][0][1].endswith("is a pub.") and default["train_config"]["support_k"] == 20
     assert default["train_config"]["support_eos"] is True
     assert trained("mixture", "--rule", "mixture")["train_config"]["support_k"] == 0  # top-k support: product only
+    small = trained("small", "--rule", "reweighter")["train_config"]  # the small model alone (README: "How much data")
+    assert small["rule"] == "reweighter" and small["support_k"] == 0 and small["alpha_grid"] == []
     # the strength: chosen among the recipe's on held-out loss and stored for decoding; a fixed one is kept
     assert default["train_config"]["alpha"] in default["train_config"]["alpha_grid"] == [0, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2]
     fixed = trained("fixed", "--alpha", "0.5", "--no-support-eos")["train_config"]
