@@ -76,8 +76,8 @@ def main() -> None:
                 n_train = sample.get("train_rows", cfg.data.get("train_rows"))
                 n_test = sample.get("test_inputs", cfg.data.get("test_inputs"))
                 lines += [f"## {task} · {bb}", "",
-                          f"`{path}`: {n_train} training rows, {n_test} test inputs; mean ± standard deviation over the seeds listed; best of "
-                          "each metric short of the LoRA ceiling in bold" + (" (SER: lower is better)" if "SER" in metrics
+                          f"`{path}`: {n_train} training rows, {n_test} test inputs; mean ± standard deviation over "
+                          "the seeds listed; best of each metric short of the LoRA ceiling in bold" + (" (SER: lower is better)" if "SER" in metrics
                                                                               else "") + ".", "",
                           "| method | seeds | " + " | ".join(metrics) + " | wall s/cell |",
                           "|---|---|" + "---|" * (len(metrics) + 1)]
