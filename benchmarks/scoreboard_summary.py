@@ -28,6 +28,13 @@ def finished(cfg, task: str, bb: str, method) -> dict[int | None, dict[str, floa
     return {s: cell["scores"] for s, cell in finished_cells(cfg, task, bb, method).items()}
 
 
+def sizes(cfg, task: str, bb: str, method) -> tuple[int | None, int | None]:
+    """The training rows and test inputs a method's cells ran with (a split smaller than the
+    config's sizes runs on all it has); the config's sizes for cells written before they were recorded."""
+    cell = next(iter(finished_cells(cfg, task, bb, method).values()))
+    return (cell.get("train_rows", cfg.data.get("train_rows")), cell.get("test_inputs", cfg.data.get("test_inputs")))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config", type=Path)
@@ -45,7 +52,9 @@ def main() -> None:
             if not plugin:
                 continue
             metrics = [m for m in METRICS if m in next(iter(plugin.values()))]
-            lines += [f"## {task} · {bb}", "", f"`{args.plugin}` on seeds {sorted(plugin)}.", "",
+            n_train, n_test = sizes(cfg, task, bb, by_name[args.plugin])
+            lines += [f"## {task} · {bb}", "",
+                      f"`{args.plugin}` on seeds {sorted(plugin)}; {n_train} training rows, {n_test} test inputs.", "",
                       "| against | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
             mean_plugin = {m: statistics.fmean(s[m] for s in plugin.values()) for m in metrics}
             lines.append(f"| ({args.plugin} itself) | {len(plugin)} | "
@@ -82,8 +91,8 @@ def main() -> None:
             lines.append("")
             data.append(row)
     intro = ("# Scoreboard summary: the default plugin against every alternative, seed by seed\n\n"
-             f"From the finished cells of `{args.config}` ({cfg.data.get('train_rows')} training rows, "
-             f"{cfg.data.get('test_inputs')} test inputs where the split has them). Gap to the ceiling: "
+             f"From the finished cells of `{args.config}`; each task states the training rows and test inputs "
+             "its cells ran with. Gap to the ceiling: "
              "(ceiling − plugin) / ceiling for scores, plugin − ceiling in points for SER; negative means "
              "the plugin is ahead. A cell against an alternative reads `wins/compared` (seeds where the plugin "
              "is better; for SER lower is better) and, in brackets, the mean difference plugin − alternative "
