@@ -364,6 +364,11 @@ class _Losses:
         return _nll_and_hits(rule, bb, rw, targets, self.objective)
 
     def blackbox_nll(self, bb: Any, targets: torch.Tensor) -> torch.Tensor:
+        """The black box's own loss on the batch, the reference its history records: the targets'
+        NLL; under ``distill`` its entropy, the floor the imitation's cross-entropy approaches (its
+        NLL of the targets is not comparable with that cross-entropy)."""
+        if self.objective == "distill":
+            return -(bb.exp() * bb.clamp_min(torch.finfo(bb.dtype).min)).sum()
         return -(bb.target_bb if self.sparse else bb.gather(-1, targets[:, None])).sum()
 
 
@@ -590,7 +595,8 @@ def train(
             record[f"validation_{config.select_by}"] = score
             criterion, shown = -score, f", validation {config.select_by} {score:.2f}"
         state.history.append(record)
-        accelerator.print(f"epoch {epoch:g}: held-out loss {eval_loss:.4f}{shown} (black box alone {bb_loss:.4f})")
+        reference = "the black box's entropy" if config.objective == "distill" else "black box alone"
+        accelerator.print(f"epoch {epoch:g}: held-out loss {eval_loss:.4f}{shown} ({reference} {bb_loss:.4f})")
         meta = {**run_info, "train_config": {**run_info["train_config"], "alpha": alpha},  # decode as selected
                 "best_epoch": epoch, "eval_loss": eval_loss,
                 "selection": {"by": config.select_by, "value": -criterion if config.select_by != "loss" else eval_loss}}

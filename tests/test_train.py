@@ -13,7 +13,7 @@ from logitplug.data import Example, PromptTemplate, encode_all, encode_prompt
 from logitplug.combine import ProductRule
 from logitplug.decode import Decoder, GenerationConfig
 from logitplug.reweighter import Reweighter, ReweighterConfig, read_sidecar
-from logitplug.train import TrainConfig, TrainingInterrupted, train
+from logitplug.train import TrainConfig, TrainingInterrupted, _Losses, train
 from tiny import tiny_blackbox
 
 TEMPLATE = PromptTemplate("t", "Attributes: {input}\nSentence:")
@@ -155,8 +155,23 @@ def test_distill_objective_trains_the_reweighter_to_imitate_the_black_box(tmp_pa
             return float((p_bb.exp() * (p_bb - torch.log_softmax(model(ids, mask), -1))).sum(-1).mean())
 
     assert kl(rw) < 0.5 * kl(fresh)
+    # the recorded reference is the black box's entropy, which a cross-entropy from it never goes below
+    assert all(h["eval_loss"] >= h["blackbox_eval_loss"] - 1e-5 for h in result.history)
+    assert result.history[-1]["eval_loss"] - result.history[-1]["blackbox_eval_loss"] < 0.05
     with pytest.raises(ValueError, match="rule='reweighter'"):
         _config(tmp_path, objective="distill")
+
+
+def test_the_distilled_models_reference_loss_is_the_black_boxs_entropy_not_its_target_nll():
+    # a peaked black box that gives the targets little mass: entropy and target NLL far apart
+    bb = torch.log_softmax(torch.tensor([[6.0, 0.0, 0.0, 0.0], [0.0, 6.0, 0.0, 0.0]]), -1)
+    targets = torch.tensor([3, 2])
+    entropy = float(-(bb.exp() * bb).sum())
+    distill = _Losses(None, None, 4, sparse=False, objective="distill")
+    mle = _Losses(None, None, 4, sparse=False, objective="mle")
+    assert float(distill.blackbox_nll(bb, targets)) == pytest.approx(entropy)
+    assert float(mle.blackbox_nll(bb, targets)) == pytest.approx(float(-(bb[0, 3] + bb[1, 2])))
+    assert float(mle.blackbox_nll(bb, targets)) > 5 * entropy
 
 
 def test_support_k_trains_through_the_topk_rule_and_the_plugin_remembers_it(tmp_path):
