@@ -420,9 +420,9 @@ def _nll_and_hits(rule, bb, rw, targets, objective="mle") -> tuple[torch.Tensor,
 
 def _evaluate(model, accelerator, losses: _Losses, rule, encoded, batch_size,
               alphas: Sequence[float] = ()) -> tuple[float, float, list[float], list[float]]:
-    """Held-out mean NLL per target token: (combined, black box alone, combined at each of
-    ``alphas``: the same weights with the rule's strength set to each, and the teacher-forced
-    top-1 accuracy at each of ``alphas``), reduced over processes."""
+    """Held-out mean NLL per target token: (combined, black box alone (its entropy under distill),
+    combined at each of ``alphas``: the same weights with the rule's strength set to each, and the
+    teacher-forced top-1 accuracy at each of ``alphas``), reduced over processes."""
     model.eval()
     scaled = [at_strength(rule, a) for a in alphas]
     n = len(alphas)
