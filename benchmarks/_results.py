@@ -36,3 +36,9 @@ def finished_cells(cfg: Any, task: str, blackbox: str, method: Any) -> dict[int 
     found = {s: current_cell(cell_path(cfg, task, blackbox, method.name, s), key)
              for s in (cfg.seeds if method.seeded else [None])}
     return {s: cell for s, cell in found.items() if cell is not None}
+
+
+def cell_sizes(cfg: Any, cell: dict) -> tuple[int | None, int | None]:
+    """The training rows and test inputs a cell ran with (a split smaller than the config's sizes
+    runs on all it has); the config's sizes for cells written before they were recorded."""
+    return cell.get("train_rows", cfg.data.get("train_rows")), cell.get("test_inputs", cfg.data.get("test_inputs"))

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import LOWER_IS_BETTER, METRICS, beats, finished_cells, save  # noqa: E402
+from _results import LOWER_IS_BETTER, METRICS, beats, cell_sizes, finished_cells, save  # noqa: E402
 
 from logitplug.bench import load_config  # noqa: E402
 from logitplug.bench.runner import blackbox_label  # noqa: E402
@@ -26,13 +26,6 @@ from logitplug.bench.runner import blackbox_label  # noqa: E402
 def finished(cfg, task: str, bb: str, method) -> dict[int | None, dict[str, float]]:
     """Scores per seed of the cells made with the config's current settings."""
     return {s: cell["scores"] for s, cell in finished_cells(cfg, task, bb, method).items()}
-
-
-def sizes(cfg, task: str, bb: str, method) -> tuple[int | None, int | None]:
-    """The training rows and test inputs a method's cells ran with (a split smaller than the
-    config's sizes runs on all it has); the config's sizes for cells written before they were recorded."""
-    cell = next(iter(finished_cells(cfg, task, bb, method).values()))
-    return (cell.get("train_rows", cfg.data.get("train_rows")), cell.get("test_inputs", cfg.data.get("test_inputs")))
 
 
 def main() -> None:
@@ -48,11 +41,12 @@ def main() -> None:
     data, lines = [], []
     for task in cfg.tasks:
         for bb in map(blackbox_label, cfg.blackboxes):
-            plugin = finished(cfg, task, bb, by_name[args.plugin])
-            if not plugin:
+            plugin_cells = finished_cells(cfg, task, bb, by_name[args.plugin])
+            if not plugin_cells:
                 continue
+            plugin = {s: cell["scores"] for s, cell in plugin_cells.items()}
             metrics = [m for m in METRICS if m in next(iter(plugin.values()))]
-            n_train, n_test = sizes(cfg, task, bb, by_name[args.plugin])
+            n_train, n_test = cell_sizes(cfg, next(iter(plugin_cells.values())))
             lines += [f"## {task} · {bb}", "",
                       f"`{args.plugin}` on seeds {sorted(plugin)}; {n_train} training rows, {n_test} test inputs.", "",
                       "| against | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import LOWER_IS_BETTER, METRICS, beats, finished_cells, save  # noqa: E402
+from _results import LOWER_IS_BETTER, METRICS, beats, cell_sizes, finished_cells, save  # noqa: E402
 
 from logitplug.bench import load_config  # noqa: E402
 from logitplug.bench.runner import blackbox_label  # noqa: E402
@@ -71,10 +71,7 @@ def main() -> None:
                 rivals = [n for n in summary if n != "lora"]
                 best = {m: (min if m in LOWER_IS_BETTER else max)(summary[n]["scores"][m][0] for n in rivals)
                         for m in metrics}
-                # the sizes the cells ran with: a split smaller than the config's sizes runs on all it has
-                sample = next(iter(first.values()))
-                n_train = sample.get("train_rows", cfg.data.get("train_rows"))
-                n_test = sample.get("test_inputs", cfg.data.get("test_inputs"))
+                n_train, n_test = cell_sizes(cfg, next(iter(first.values())))
                 lines += [f"## {task} · {bb}", "",
                           f"`{path}`: {n_train} training rows, {n_test} test inputs; mean ± standard deviation over "
                           "the seeds listed; best of each metric short of the LoRA ceiling in bold" + (" (SER: lower is better)" if "SER" in metrics
