@@ -368,7 +368,7 @@ class _Losses:
         NLL; under ``distill`` its entropy, the floor the imitation's cross-entropy approaches (its
         NLL of the targets is not comparable with that cross-entropy)."""
         if self.objective == "distill":
-            return -(bb.exp() * bb.clamp_min(torch.finfo(bb.dtype).min)).sum()
+            return _cross_entropy_from(bb, bb)
         return -(bb.target_bb if self.sparse else bb.gather(-1, targets[:, None])).sum()
 
 
@@ -406,6 +406,12 @@ def summed_strengths(alphas: list[float]) -> list[float]:
     return [alpha / len(alphas) for alpha in alphas]
 
 
+def _cross_entropy_from(bb: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy from the black box's distribution to ``logq`` (log-probabilities);
+    -inf entries clamped so a zero-probability token adds 0, not nan."""
+    return -(bb.exp() * logq.clamp_min(torch.finfo(logq.dtype).min)).sum()
+
+
 def _nll_and_hits(rule, bb, rw, targets, objective="mle") -> tuple[torch.Tensor, torch.Tensor]:
     """Summed loss over the N positions: negative log-likelihood of ``targets`` (N,) under the
     combined distribution, or (distill) cross-entropy from the black box's distribution; and how
@@ -414,7 +420,7 @@ def _nll_and_hits(rule, bb, rw, targets, objective="mle") -> tuple[torch.Tensor,
     combined = rule(bb, rw)
     hits = (combined.argmax(-1) == targets).sum()
     if objective == "distill":
-        return -(bb.exp() * combined.clamp_min(torch.finfo(combined.dtype).min)).sum(), hits
+        return _cross_entropy_from(bb, combined), hits
     return -combined.gather(-1, targets[:, None]).sum(), hits
 
 
