@@ -115,7 +115,9 @@ def main() -> None:
         text = args.into.read_text(encoding="utf-8")
         head, tail = _between_markers(text, args.into)
         tables = "\n".join("#" + line if line.startswith("## ") else line for line in lines).strip()
-        args.into.write_text(f"{head}{BEGIN}\n\nCommand: `python benchmarks/standing.py "
+        cells = " and ".join(f"`logitplug bench {config}`" for config in args.configs)
+        args.into.write_text(f"{head}{BEGIN}\n\nCells: {cells} (resumable: finished cells are skipped; "
+                             f"`--tasks`, `--methods`, `--seeds` run a part). Tables: `python benchmarks/standing.py "
                              f"{' '.join(map(str, args.configs))} --into {args.into}`\n\n{tables}\n\n{END}{tail}",
                              encoding="utf-8")
         print(f"tables written into {args.into}")

@@ -60,6 +60,7 @@ def test_standing_writes_means_of_current_cells_between_the_markers(board, tmp_p
     assert done.returncode == 0, done.stderr
     text = doc.read_text()
     assert text.startswith("# Scores\n\nbefore\n") and text.endswith(f"{END}\nafter\n") and "old table" not in text
+    assert f"Cells: `logitplug bench {board}`" in text  # the command that made the cells, not only the tables
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     # the stale seed-2 cell (BLEU 90) is left out: mean of 16 and 20, sample standard deviation 2.83
     assert rows["plugin (default recipe)"].startswith("| plugin (default recipe) | 0,1 | **18.00 ± 2.83** | 43.00 ± 2.83 |")
