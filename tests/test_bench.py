@@ -85,7 +85,9 @@ def test_grid_runs_every_method_writes_table_and_plot_and_resumes(tiny_dir, tmp_
     proxy = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "proxy-tuning" / "seed0.json").read_text())
     assert proxy["info"]["expert"]["artifact"] == small["info"]["artifact"]
     # where its wall-clock went, as the other trained methods record it (standing.py marks a cell whose models were reused)
-    assert set(proxy["info"]["seconds"]) == {"train", "decode"} and min(proxy["info"]["seconds"].values()) >= 0
+    lora = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "lora" / "seed0.json").read_text())
+    for cell in (proxy, lora):
+        assert set(cell["info"]["seconds"]) == {"train", "decode"} and min(cell["info"]["seconds"].values()) >= 0
     plugin0 = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin" / "seed0.json").read_text())
     wd1 = json.loads((tmp_path / "out" / "cells" / "commongen" / "tiny-bb" / "plugin-wd1" / "seed0.json").read_text())
     assert plugin0["info"]["artifact"] != wd1["info"]["artifact"]

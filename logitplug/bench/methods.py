@@ -486,10 +486,13 @@ class LoraFineTune(Method):
         cfg = LoraTrainConfig(**settings, progress=ctx.progress)
         probe = {k: v for k, v in asdict(cfg).items() if k != "progress"}
         folder = ctx.models_dir / f"lora-{_key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), probe)}"
+        t0 = time.perf_counter()  # a finished adapter from an earlier run loads in seconds: standing.py marks such cells
         tuned = finetune_lora(ctx.blackbox, ctx.train, ctx.validation, ctx.template, folder, cfg)
         info = json.loads((folder / DONE_NAME).read_text())
+        t1 = time.perf_counter()
         outputs = self._decode(ctx, test_prompts(ctx), blackbox=tuned)
-        return MethodOutput(outputs, {"eval_loss": info["best_eval_loss"], "artifact": str(folder)})
+        seconds = {"train": round(t1 - t0, 1), "decode": round(time.perf_counter() - t1, 1)}
+        return MethodOutput(outputs, {"eval_loss": info["best_eval_loss"], "artifact": str(folder), "seconds": seconds})
 
 
 _PATTERNS: list[tuple[re.Pattern[str], Callable[..., Method], str]] = [
