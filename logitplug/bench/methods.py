@@ -235,6 +235,12 @@ def _data_key(ctx: CellContext, train: list[Example] | None = None) -> str:
 _STRENGTH_CHOICE = ("strength_by", "strength_candidates", "strength_margin")
 
 
+def _train_decode_seconds(t0: float, t1: float) -> dict[str, float]:
+    """Where a cell's wall-clock went, training from ``t0`` to ``t1`` and decoding since: a model reused from an
+    earlier run trains in ~0 s, which is how standing.py tells such cells apart."""
+    return {"train": round(t1 - t0, 1), "decode": round(time.perf_counter() - t1, 1)}
+
+
 def _copy_plugin(source: Path, dest: Path) -> None:
     """A plugin folder's files (not its checkpoint), written afresh. The weights are hard-linked
     where the file system allows (only the sidecar differs between the copies, and nothing writes
@@ -467,15 +473,15 @@ class ProxyTuning(Method):
         self.alpha = alpha
 
     def run(self, ctx: CellContext) -> MethodOutput:
-        t0 = time.perf_counter()  # where the wall-clock goes: both models reused (e.g. the expert is the small model) train in ~0 s
+        t0 = time.perf_counter()  # both models reused (e.g. the expert is the small model): trains in ~0 s
         expert, e_info = train_reweighter(ctx, {**self.train_overrides, "rule": "reweighter"}, self.reweighter_overrides)
         anti, a_info = train_reweighter(ctx, {**self.train_overrides, "rule": "reweighter", "objective": "distill"},
                                         self.reweighter_overrides)
         t1 = time.perf_counter()
         outputs = self._decode(ctx, test_prompts(ctx), reweighter=LogitDifference(expert, anti),
                                rule=ProductRule(self.alpha))
-        seconds = {"train": round(t1 - t0, 1), "decode": round(time.perf_counter() - t1, 1)}
-        return MethodOutput(outputs, {"expert": e_info, "anti_expert": a_info, "alpha": self.alpha, "seconds": seconds})
+        return MethodOutput(outputs, {"expert": e_info, "anti_expert": a_info, "alpha": self.alpha,
+                                      "seconds": _train_decode_seconds(t0, t1)})
 
 
 class LoraFineTune(Method):
@@ -486,13 +492,13 @@ class LoraFineTune(Method):
         cfg = LoraTrainConfig(**settings, progress=ctx.progress)
         probe = {k: v for k, v in asdict(cfg).items() if k != "progress"}
         folder = ctx.models_dir / f"lora-{_key(ctx.blackbox.fingerprint, _changed(ctx.template), _data_key(ctx), probe)}"
-        t0 = time.perf_counter()  # a finished adapter from an earlier run loads in seconds: standing.py marks such cells
+        t0 = time.perf_counter()  # a finished adapter from an earlier run loads in seconds
         tuned = finetune_lora(ctx.blackbox, ctx.train, ctx.validation, ctx.template, folder, cfg)
         info = json.loads((folder / DONE_NAME).read_text())
         t1 = time.perf_counter()
         outputs = self._decode(ctx, test_prompts(ctx), blackbox=tuned)
-        seconds = {"train": round(t1 - t0, 1), "decode": round(time.perf_counter() - t1, 1)}
-        return MethodOutput(outputs, {"eval_loss": info["best_eval_loss"], "artifact": str(folder), "seconds": seconds})
+        return MethodOutput(outputs, {"eval_loss": info["best_eval_loss"], "artifact": str(folder),
+                                      "seconds": _train_decode_seconds(t0, t1)})
 
 
 _PATTERNS: list[tuple[re.Pattern[str], Callable[..., Method], str]] = [
